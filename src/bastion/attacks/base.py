@@ -1,0 +1,83 @@
+"""The attack registry and the contract every attack follows.
+
+An attack is a function::
+
+    fn(model, inputs, labels, threat, *, targeted=False, generator=None, **hyperparameters) -> Tensor
+
+that returns adversarial examples of ``inputs``' shape, dtype and device. With ``targeted=True``
+``labels`` are the target classes. Attacks never mutate ``inputs``, never move the model and draw
+randomness only from ``generator``. Success is decided by the runner (``bastion.evaluate.runner``),
+not by the attack: it re-projects every returned example onto the threat model and re-classifies it.
+
+``goal="budget"`` attacks look for any adversarial example inside ``threat``; ``goal="minimal"``
+attacks look for the smallest one and may return examples outside the ball (their norms give the
+whole robust-accuracy-versus-eps curve).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from bastion.registry import Registry
+from bastion.threat import LpThreat, Norm
+
+Goal = Literal["budget", "minimal"]
+Access = Literal["white-box", "score", "decision", "transfer"]
+
+
+class AttackFn(Protocol):
+    def __call__(
+        self,
+        model: nn.Module,
+        inputs: Tensor,
+        labels: Tensor,
+        threat: LpThreat,
+        *,
+        targeted: bool = False,
+        generator: torch.Generator | None = None,
+        **kwargs: object,
+    ) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """Registry entry: the function and what it supports."""
+
+    name: str
+    fn: AttackFn
+    norms: tuple[Norm, ...]
+    goal: Goal
+    access: Access
+    paper: str
+    randomized: bool = False
+
+    def __call__(self, *args: object, **kwargs: object) -> Tensor:
+        return self.fn(*args, **kwargs)  # type: ignore[arg-type]
+
+
+ATTACKS: Registry[AttackSpec] = Registry("attack", "bastion attacks list")
+
+
+def register_attack(
+    name: str,
+    *,
+    norms: tuple[Norm, ...],
+    goal: Goal,
+    access: Access = "white-box",
+    paper: str,
+    randomized: bool = False,
+) -> Callable[[Callable], Callable]:
+    """Register an attack function under ``name`` with its metadata."""
+    return ATTACKS.decorator(
+        name,
+        lambda fn: AttackSpec(name, fn, norms, goal, access, paper, randomized),
+    )
+
+
+def get_attack(name: str) -> AttackSpec:
+    return ATTACKS.get(name)

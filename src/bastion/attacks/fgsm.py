@@ -1,0 +1,40 @@
+"""Fast Gradient Sign Method, and its L2 form (Fast Gradient Method).
+
+Goodfellow, Shlens & Szegedy 2015, "Explaining and Harnessing Adversarial Examples", ICLR.
+One gradient step of length eps; optionally from a random start (Tramer et al. 2018's R+FGSM /
+Wong et al. 2020's FGSM-RS use this).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from bastion.attacks.base import register_attack
+from bastion.attacks.losses import LOSSES, input_gradient
+from bastion.attacks.steps import lp_step
+from bastion.threat import LpThreat
+
+
+@register_attack(
+    "fgsm",
+    norms=("linf", "l2"),
+    goal="budget",
+    paper="Goodfellow et al. 2015, Explaining and Harnessing Adversarial Examples",
+)
+def fgsm(
+    model: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    threat: LpThreat,
+    *,
+    targeted: bool = False,
+    loss: str = "ce",
+    random_init: bool = False,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """One step of size ``threat.eps`` along the steepest direction of ``loss`` (1 forward + 1 backward)."""
+    start = threat.random_start(inputs, generator) if random_init else inputs
+    _, grad = input_gradient(model, start, labels, LOSSES[loss], targeted)
+    step = lp_step(grad, threat.eps_for(inputs), threat.norm)
+    return threat.project(start + step, inputs).detach()

@@ -1,0 +1,49 @@
+"""Steepest-ascent steps of a given Lp length, per sample."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from bastion.threat import Norm
+
+
+def _view(v: Tensor, like: Tensor) -> Tensor:
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+def lp_step(
+    grad: Tensor,
+    step_size: Tensor,
+    norm: Norm,
+    *,
+    x: Tensor | None = None,
+    lower: float = 0.0,
+    upper: float = 1.0,
+    l1_sparsity: float = 0.99,
+) -> Tensor:
+    """The perturbation of Lp length ``step_size`` that increases a linear model with gradient ``grad`` most.
+
+    L-inf: ``step * sign(g)``. L2: ``step * g / ||g||``. L1: the sparse step of Tramer & Boneh 2019
+    ("Adversarial training and robustness for multiple perturbations", SLIDE): move only the
+    coordinates whose |g| is above the ``l1_sparsity`` quantile, with equal magnitude, skipping
+    coordinates already at a box bound that the gradient pushes outside (needs ``x``).
+    """
+    if norm == "linf":
+        return grad.sign() * _view(step_size, grad)
+    if norm == "l2":
+        n = grad.flatten(1).norm(dim=1).clamp_min(1e-12)
+        return grad * _view(step_size / n, grad)
+    flat = grad.flatten(1)
+    if x is not None:
+        xf = x.flatten(1)
+        blocked = ((xf >= upper) & (flat > 0)) | ((xf <= lower) & (flat < 0))
+        flat = flat.masked_fill(blocked, 0.0)
+    d = flat.shape[1]
+    k = max(1, math.ceil((1.0 - l1_sparsity) * d))
+    top = flat.abs().topk(k, dim=1)
+    direction = torch.zeros_like(flat).scatter_(1, top.indices, 1.0) * flat.sign()
+    count = direction.abs().sum(1).clamp_min(1.0)
+    return (direction * (step_size / count)[:, None]).view_as(grad)

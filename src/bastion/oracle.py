@@ -1,0 +1,104 @@
+"""Counting wrappers: how many forward passes, backward passes and queries an attack spent.
+
+``CountingModel`` wraps any ``nn.Module``. Every forward adds one forward pass to each sample in
+the batch; a backward that reaches the output adds one backward pass to each sample of that batch. Counts are kept per original sample: an attack that works on a subset of the
+batch says which samples it is passing with ``attribute(model, index)``; attacks that always
+pass the whole batch need not do anything. With ``max_queries`` the wrapper refuses (raises
+``QueryBudgetExceeded``) a forward that would take any sample past its budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from bastion.errors import QueryBudgetExceeded
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Per-sample pass counts, each an ``(N,)`` int64 tensor on the CPU."""
+
+    forward: Tensor
+    backward: Tensor
+
+    @property
+    def total_forward(self) -> int:
+        return int(self.forward.sum())
+
+    @property
+    def total_backward(self) -> int:
+        return int(self.backward.sum())
+
+
+class CountingModel(nn.Module):
+    """Wraps ``model`` and counts forward/backward passes per sample of an ``n``-sample batch."""
+
+    def __init__(self, model: nn.Module, n: int, *, max_queries: int | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.n = n
+        self.max_queries = max_queries
+        self.forward_counts = torch.zeros(n, dtype=torch.long)
+        self.backward_counts = torch.zeros(n, dtype=torch.long)
+        self._index: Tensor | None = None
+
+    def counts(self) -> Counts:
+        return Counts(self.forward_counts.clone(), self.backward_counts.clone())
+
+    def _rows(self, batch: int) -> Tensor:
+        if self._index is not None:
+            if self._index.numel() != batch:
+                raise RuntimeError(
+                    f"attribute() was given {self._index.numel()} indices but the model got a batch of {batch}."
+                )
+            return self._index
+        if batch == self.n:
+            return torch.arange(self.n)
+        raise RuntimeError(
+            f"CountingModel was built for {self.n} samples but received a batch of {batch}; "
+            "wrap the call in `with attribute(model, index):` to say which samples it holds."
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        rows = self._rows(x.shape[0])
+        if self.max_queries is not None:
+            spent = self.forward_counts.index_select(0, rows)
+            if (spent >= self.max_queries).any():
+                raise QueryBudgetExceeded(
+                    f"Query budget of {self.max_queries} per sample is spent for "
+                    f"{int((spent >= self.max_queries).sum())} sample(s); raise max_queries or stop the attack."
+                )
+        self.forward_counts.index_add_(0, rows, torch.ones_like(rows))
+        out = self.model(x)
+        if out.requires_grad:
+            out.register_hook(self._backward_hook(rows))
+        return out
+
+    def _backward_hook(self, rows: Tensor):  # noqa: ANN202 - returns a hook closure
+        def hook(grad: Tensor) -> None:
+            # The backward runs for the whole batch that went forward, so every row pays for it.
+            self.backward_counts.index_add_(0, rows, torch.ones_like(rows))
+
+        return hook
+
+
+@contextmanager
+def attribute(model: nn.Module, index: Tensor) -> Iterator[None]:
+    """Within this block, batch row ``i`` passed to ``model`` is original sample ``index[i]``.
+
+    A no-op for models that are not ``CountingModel``s, so attacks may always use it.
+    """
+    if not isinstance(model, CountingModel):
+        yield
+        return
+    previous = model._index
+    model._index = index.detach().to("cpu", torch.long)
+    try:
+        yield
+    finally:
+        model._index = previous

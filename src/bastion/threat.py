@@ -1,0 +1,176 @@
+"""Threat models: what an attacker may change.
+
+``LpThreat`` is an L-inf, L2 or L1 ball of radius ``eps`` around each input, intersected with the
+input box ``[lower, upper]``, optionally restricted to the features where ``mask`` is true.
+``eps`` is a float or a per-sample ``(N,)`` tensor.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from bastion.errors import InvalidInputError
+
+Norm = Literal["linf", "l2", "l1"]
+NORMS: tuple[Norm, ...] = ("linf", "l2", "l1")
+_ORDER = {"linf": math.inf, "l2": 2.0, "l1": 1.0}
+
+
+def _check_eps(eps: float | Tensor) -> None:
+    values = eps.detach().float() if isinstance(eps, Tensor) else torch.tensor(float(eps))
+    if values.dim() > 1:
+        raise InvalidInputError(f"eps must be a float or a 1-D per-sample tensor; got shape {tuple(values.shape)}.")
+    if not torch.isfinite(values).all() or (values < 0).any():
+        raise InvalidInputError(
+            f"eps must be finite and non-negative; got {eps if not isinstance(eps, Tensor) else values.tolist()}. "
+            "Pass a radius such as --eps 0.3 (L-inf) or --eps 2.0 (L2)."
+        )
+
+
+@dataclass(frozen=True)
+class LpThreat:
+    """An Lp ball around each input, inside the box ``[lower, upper]``.
+
+    Args:
+        norm: ``"linf"``, ``"l2"`` or ``"l1"``.
+        eps: radius; a float, or an ``(N,)`` tensor with one radius per sample.
+        lower, upper: the valid input range (images in [0, 1] by default).
+        mask: optional boolean tensor of one sample's shape; only features where it is true may change.
+    """
+
+    norm: Norm
+    eps: float | Tensor
+    lower: float = 0.0
+    upper: float = 1.0
+    mask: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise InvalidInputError(f"Unknown norm {self.norm!r}; use one of {', '.join(NORMS)}.")
+        _check_eps(self.eps)
+        if not self.lower < self.upper:
+            raise InvalidInputError(f"lower ({self.lower}) must be below upper ({self.upper}).")
+
+    @property
+    def order(self) -> float:
+        return _ORDER[self.norm]
+
+    def eps_for(self, inputs: Tensor) -> Tensor:
+        """Per-sample radius as an ``(N,)`` tensor on ``inputs``' device and dtype."""
+        n = inputs.shape[0]
+        if isinstance(self.eps, Tensor):
+            if self.eps.numel() == 1:
+                return self.eps.reshape(1).to(inputs).expand(n).clone()
+            if self.eps.shape[0] != n:
+                raise InvalidInputError(
+                    f"Per-sample eps has {self.eps.shape[0]} entries but there are {n} inputs; "
+                    "pass one radius per input or a single float."
+                )
+            return self.eps.to(inputs)
+        return torch.full((n,), float(self.eps), device=inputs.device, dtype=inputs.dtype)
+
+    def select(self, index: Tensor) -> LpThreat:
+        """The same threat restricted to the samples ``index`` (matters for per-sample eps)."""
+        if isinstance(self.eps, Tensor) and self.eps.numel() > 1:
+            return replace(self, eps=self.eps[index.to(self.eps.device)])
+        return self
+
+    def _mask_for(self, x: Tensor) -> Tensor | None:
+        return None if self.mask is None else self.mask.to(device=x.device, dtype=torch.bool).expand_as(x)
+
+    def norm_of(self, delta: Tensor) -> Tensor:
+        """Per-sample norm of a perturbation batch, ``(N,)``."""
+        return delta.flatten(1).norm(p=self.order, dim=1)
+
+    def project(self, x_adv: Tensor, inputs: Tensor) -> Tensor:
+        """Nearest point (per sample) of the threat set: ball projection, then box clip, then mask."""
+        delta = x_adv - inputs
+        eps = self.eps_for(inputs)
+        delta = project_ball(delta, eps, self.norm)
+        mask = self._mask_for(inputs)
+        if mask is not None:
+            delta = delta.masked_fill(~mask, 0.0)
+        # Clipping to the box moves each coordinate towards inputs, so the norm can only shrink.
+        return (inputs + delta).clamp(self.lower, self.upper)
+
+    def contains(self, x_adv: Tensor, inputs: Tensor, *, atol: float = 1e-5) -> Tensor:
+        """Boolean ``(N,)``: which ``x_adv`` lie in the threat set (up to ``atol``)."""
+        delta = x_adv - inputs
+        inside = self.norm_of(delta) <= self.eps_for(inputs) * (1 + 1e-5) + atol
+        in_box = ((x_adv >= self.lower - atol) & (x_adv <= self.upper + atol)).flatten(1).all(1)
+        mask = self._mask_for(inputs)
+        frozen_ok = torch.ones_like(inside)
+        if mask is not None:
+            frozen_ok = (delta.abs() <= atol).masked_fill(mask, True).flatten(1).all(1)
+        return inside & in_box & frozen_ok
+
+    def random_start(self, inputs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """A point drawn uniformly from the ball (then clipped to the box and mask)."""
+        eps = self.eps_for(inputs)
+        delta = sample_ball(inputs.shape, eps, self.norm, generator, inputs.device, inputs.dtype)
+        return self.project(inputs + delta, inputs)
+
+
+def _view(v: Tensor, like: Tensor) -> Tensor:
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+def project_ball(delta: Tensor, eps: Tensor, norm: Norm) -> Tensor:
+    """Euclidean projection of each ``delta[i]`` onto the ``norm`` ball of radius ``eps[i]``."""
+    if norm == "linf":
+        e = _view(eps, delta)
+        return torch.maximum(torch.minimum(delta, e), -e)
+    if norm == "l2":
+        n = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
+        factor = torch.clamp(eps / n, max=1.0)
+        return delta * _view(factor, delta)
+    return _project_l1(delta, eps)
+
+
+def _project_l1(delta: Tensor, eps: Tensor) -> Tensor:
+    """Exact L1-ball projection by sorting (Duchi et al. 2008, "Efficient projections onto the l1-ball")."""
+    flat = delta.flatten(1)
+    abs_ = flat.abs()
+    outside = abs_.sum(1) > eps
+    if not outside.any():
+        return delta
+    mu, _ = abs_.sort(dim=1, descending=True)
+    cumsum = mu.cumsum(1)
+    ks = torch.arange(1, flat.shape[1] + 1, device=flat.device, dtype=flat.dtype)
+    cond = mu - (cumsum - eps[:, None]) / ks > 0
+    rho = cond.to(flat.dtype).mul(ks).argmax(1)  # last index where cond holds
+    theta = (cumsum.gather(1, rho[:, None]).squeeze(1) - eps) / (rho + 1).to(flat.dtype)
+    projected = flat.sign() * (abs_ - theta[:, None]).clamp_min(0)
+    out = torch.where(outside[:, None], projected, flat)
+    return out.view_as(delta)
+
+
+def sample_ball(
+    shape: torch.Size,
+    eps: Tensor,
+    norm: Norm,
+    generator: torch.Generator | None,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> Tensor:
+    """Uniform samples from the ``norm`` ball of per-sample radius ``eps``."""
+    n, d = shape[0], math.prod(shape[1:])
+    if norm == "linf":
+        u = torch.rand((n, d), generator=generator, device=device, dtype=dtype) * 2 - 1
+        return (u * eps[:, None]).view(shape)
+    if norm == "l2":
+        g = torch.randn((n, d), generator=generator, device=device, dtype=dtype)
+        direction = g / g.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    else:
+        # Uniform on the L1 sphere: i.i.d. Laplace directions normalized (Calafiore et al. 1998).
+        e = -torch.log(torch.rand((n, d), generator=generator, device=device, dtype=dtype).clamp_min(1e-12))
+        sign = torch.randint(0, 2, (n, d), generator=generator, device=device).to(dtype) * 2 - 1
+        direction = e * sign
+        direction = direction / direction.abs().sum(1, keepdim=True).clamp_min(1e-12)
+    radius = torch.rand((n, 1), generator=generator, device=device, dtype=dtype) ** (1.0 / d)
+    return (direction * radius * eps[:, None]).view(shape)
