@@ -1,7 +1,8 @@
 """Counting wrappers: how many forward passes, backward passes and queries an attack spent.
 
 ``CountingModel`` wraps any ``nn.Module``. Every forward adds one forward pass to each sample in
-the batch; a backward that reaches the output adds one backward pass to each sample of that batch. Counts are kept per original sample: an attack that works on a subset of the
+the batch; a backward that reaches the output adds one backward pass to each sample of that
+batch. Counts are kept per original sample: an attack that works on a subset of the
 batch says which samples it is passing with ``attribute(model, index)``; attacks that always
 pass the whole batch need not do anything. With ``max_queries`` the wrapper refuses (raises
 ``QueryBudgetExceeded``) a forward that would take any sample past its budget.
@@ -79,7 +80,7 @@ class CountingModel(nn.Module):
             out.register_hook(self._backward_hook(rows))
         return out
 
-    def _backward_hook(self, rows: Tensor):  # noqa: ANN202 - returns a hook closure
+    def _backward_hook(self, rows: Tensor):
         def hook(grad: Tensor) -> None:
             # The backward runs for the whole batch that went forward, so every row pays for it.
             self.backward_counts.index_add_(0, rows, torch.ones_like(rows))

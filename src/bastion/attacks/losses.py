@@ -47,7 +47,7 @@ def is_adversarial(logits: Tensor, labels: Tensor, targeted: bool = False) -> Te
     return pred == labels if targeted else pred != labels
 
 
-def input_gradient(model: torch.nn.Module, x: Tensor, labels: Tensor, loss_fn, targeted: bool) -> tuple[Tensor, Tensor]:  # noqa: ANN001
+def input_gradient(model: torch.nn.Module, x: Tensor, labels: Tensor, loss_fn, targeted: bool) -> tuple[Tensor, Tensor]:
     """One forward and one backward pass: returns (logits, d loss / d x) without touching model grads."""
     x = x.detach().requires_grad_(True)
     logits = model(x)

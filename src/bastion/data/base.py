@@ -78,7 +78,7 @@ def register_dataset(spec: DatasetSpec) -> Callable[[Callable[[], RawParts]], Ca
 def _split_off(x: Tensor, y: Tensor, fraction: float, seed: int) -> tuple[Split, Split]:
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(y), generator=g)
-    cut = int(round(len(y) * fraction))
+    cut = round(len(y) * fraction)
     rest, held = perm[cut:], perm[:cut]
     return Split(x[rest], y[rest]), Split(x[held], y[held])
 

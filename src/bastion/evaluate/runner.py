@@ -1,0 +1,144 @@
+"""The attack runner: validates, runs an attack, re-checks every result, counts the cost.
+
+The attack is not trusted. Its output is projected onto the threat model (budget attacks) and the
+runner re-classifies it; a point counts as broken only if that re-check says so. Points the model
+already misclassifies are not attacked (they are not robust) and cost nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from bastion.attacks import get_attack
+from bastion.attacks.base import AttackSpec
+from bastion.oracle import CountingModel, Counts
+from bastion.threat import LpThreat
+from bastion.validate import check_inputs, check_labels, ensure_eval, probe_model
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    """Per-sample outcome of one attack on one batch (all tensors on the CPU, shape (N,) unless noted)."""
+
+    attack: str
+    params: dict[str, Any]
+    threat: LpThreat
+    targeted: bool
+    adversarial: Tensor  # (N, ...) examples as re-checked (inside the threat model for budget attacks)
+    clean_pred: Tensor
+    adv_pred: Tensor
+    clean_correct: Tensor
+    success: Tensor  # attacked, inside the threat model, and adversarial on re-check
+    norm: Tensor  # Lp norm of the returned perturbation (inf where the attack found nothing)
+    counts: Counts
+    seconds: float
+    outside_threat: int = 0  # returned examples the runner had to project back (attack bug indicator)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def robust(self) -> Tensor:
+        """Correct on the clean input and not broken by the attack."""
+        return self.clean_correct & ~self.success
+
+    @property
+    def clean_accuracy(self) -> float:
+        return float(self.clean_correct.float().mean())
+
+    @property
+    def robust_accuracy(self) -> float:
+        return float(self.robust.float().mean())
+
+
+def run_attack(
+    model: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    threat: LpThreat,
+    attack: str | AttackSpec,
+    *,
+    targets: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    max_queries: int | None = None,
+    **params: Any,
+) -> AttackResult:
+    """Run ``attack`` on the points ``model`` classifies correctly and re-check what it returns.
+
+    ``labels`` are the true classes; pass ``targets`` for a targeted attack (success means the
+    re-checked prediction equals the target).
+    """
+    spec = get_attack(attack) if isinstance(attack, str) else attack
+    if threat.norm not in spec.norms:
+        from bastion.errors import InvalidInputError
+
+        raise InvalidInputError(
+            f"Attack {spec.name!r} supports norms {', '.join(spec.norms)}, not {threat.norm}; "
+            "pick another --norm or another attack (`bastion attacks list`)."
+        )
+    check_inputs(inputs, threat)
+    was_training = ensure_eval(model)
+    try:
+        num_classes = probe_model(model, inputs)
+        check_labels(labels, inputs.shape[0], num_classes)
+        if targets is not None:
+            check_labels(targets, inputs.shape[0], num_classes)
+        return _run(model, inputs, labels, threat, spec, targets, generator, max_queries, params)
+    finally:
+        if was_training:
+            model.train()
+
+
+def _run(
+    model: nn.Module, inputs: Tensor, labels: Tensor, threat: LpThreat, spec: AttackSpec,
+    targets: Tensor | None, generator: torch.Generator | None, max_queries: int | None, params: dict[str, Any],
+) -> AttackResult:
+    n = inputs.shape[0]
+    with torch.no_grad():
+        clean_pred = model(inputs).argmax(1)
+    clean_correct = clean_pred == labels
+    todo = clean_correct if targets is None else clean_correct & (clean_pred != targets)
+    idx = todo.nonzero().flatten()
+    adversarial = inputs.detach().clone()
+    counts = Counts(torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long))
+    start = time.perf_counter()
+    if idx.numel():
+        counting = CountingModel(model, idx.numel(), max_queries=max_queries)
+        goal = labels[idx] if targets is None else targets[idx]
+        out = spec.fn(counting, inputs[idx], goal, threat.select(idx), targeted=targets is not None,
+                      generator=generator, **params)
+        adversarial[idx] = out.detach().to(inputs)
+        c = counting.counts()
+        counts.forward[idx.cpu()] = c.forward
+        counts.backward[idx.cpu()] = c.backward
+    seconds = time.perf_counter() - start
+    return _recheck(model, inputs, labels, targets, threat, spec, params, adversarial, clean_pred, clean_correct,
+                    todo, counts, seconds)
+
+
+def _recheck(
+    model: nn.Module, inputs: Tensor, labels: Tensor, targets: Tensor | None, threat: LpThreat, spec: AttackSpec,
+    params: dict[str, Any], adversarial: Tensor, clean_pred: Tensor, clean_correct: Tensor, attacked: Tensor,
+    counts: Counts, seconds: float,
+) -> AttackResult:
+    inside = threat.contains(adversarial, inputs)
+    outside = 0
+    if spec.goal == "budget":
+        outside = int((~inside & attacked).sum())
+        adversarial = threat.project(adversarial, inputs)
+        inside = torch.ones_like(inside)
+    with torch.no_grad():
+        adv_pred = model(adversarial).argmax(1)
+    hit = adv_pred != labels if targets is None else adv_pred == targets
+    found = attacked & hit
+    norm = torch.where(found, threat.norm_of(adversarial - inputs), torch.full_like(inside, float("inf"),
+                                                                                        dtype=inputs.dtype))
+    return AttackResult(
+        attack=spec.name, params=dict(params), threat=threat, targeted=targets is not None,
+        adversarial=adversarial.detach().cpu(), clean_pred=clean_pred.cpu(), adv_pred=adv_pred.cpu(),
+        clean_correct=clean_correct.cpu(), success=(found & inside).cpu(), norm=norm.cpu(), counts=counts,
+        seconds=seconds, outside_threat=outside,
+    )

@@ -1,0 +1,116 @@
+"""Checkpoints: weights as safetensors plus a JSON file of metadata beside them.
+
+``name.safetensors`` holds the state dict; ``name.json`` holds the architecture, its arguments, the
+data set, the training recipe, metrics, seed, code versions and the SHA-256 of the weights file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from bastion.errors import CheckpointError
+from bastion.zoo.architectures import build_model
+
+FORMAT = "bastion.checkpoint/1"
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    arch: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    dataset: str
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    recipe: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    seed: int | None = None
+    bastion_version: str = ""
+    torch_version: str = ""
+    python_version: str = ""
+    created: str = ""
+    sha256: str = ""
+    format: str = FORMAT
+
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> CheckpointMeta:
+        known = set(CheckpointMeta.__dataclass_fields__)
+        data = {k: v for k, v in data.items() if k in known}
+        data["input_shape"] = tuple(data.get("input_shape", ()))
+        return CheckpointMeta(**data)
+
+
+def _paths(path: str | Path) -> tuple[Path, Path]:
+    p = Path(path)
+    stem = p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
+    return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def save_checkpoint(model: nn.Module, path: str | Path, meta: CheckpointMeta) -> Path:
+    """Write ``path.safetensors`` and ``path.json``; returns the weights path."""
+    from bastion import __version__
+
+    weights, info = _paths(path)
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(weights))
+    full = asdict(meta) | {
+        "bastion_version": __version__, "torch_version": torch.__version__,
+        "python_version": platform.python_version(), "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "sha256": _sha256(weights),
+    }
+    info.write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
+    return weights
+
+
+def read_meta(path: str | Path) -> CheckpointMeta:
+    _weights, info = _paths(path)
+    if not info.exists():
+        raise CheckpointError(f"Checkpoint metadata {info} not found; a checkpoint is NAME.safetensors + NAME.json.")
+    try:
+        return CheckpointMeta.from_json(json.loads(info.read_text()))
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise CheckpointError(f"Checkpoint metadata {info} is not valid ({exc}); re-save the checkpoint.") from None
+
+
+def load_checkpoint(path: str | Path, *, verify: bool = True) -> tuple[nn.Module, CheckpointMeta]:
+    """Rebuild the architecture from the metadata, load the weights strictly, return it in eval mode."""
+    weights, _ = _paths(path)
+    meta = read_meta(path)
+    if not weights.exists():
+        raise CheckpointError(f"Checkpoint weights {weights} not found beside its metadata; re-train or re-copy it.")
+    if verify and meta.sha256 and _sha256(weights) != meta.sha256:
+        raise CheckpointError(
+            f"{weights} does not match the SHA-256 in its metadata (corrupt or replaced). "
+            "Re-download/re-train it, or pass verify=False if you changed it on purpose."
+        )
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(
+            f"{weights} is not a readable safetensors file ({exc}); re-train or re-copy it."
+        ) from None
+    model = build_model(meta.arch, meta.input_shape, meta.num_classes, **meta.arch_kwargs)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise CheckpointError(
+            f"{weights} does not fit architecture {meta.arch!r} with {meta.arch_kwargs} ({first}); "
+            "check the metadata's arch/arch_kwargs or use the checkpoint with the architecture it was trained with."
+        ) from None
+    return model.eval(), meta

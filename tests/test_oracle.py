@@ -1,0 +1,38 @@
+import pytest
+import torch
+from torch import nn
+
+from bastion.errors import QueryBudgetExceeded
+from bastion.oracle import CountingModel, attribute
+
+
+def test_counts_forward_and_backward_per_sample() -> None:
+    model = CountingModel(nn.Linear(3, 2), n=4)
+    x = torch.randn(4, 3, requires_grad=True)
+    model(x).sum().backward()
+    with torch.no_grad():
+        model(x)
+    with attribute(model, torch.tensor([1, 3])):
+        model(x[:2]).sum().backward()
+    c = model.counts()
+    assert c.forward.tolist() == [2, 3, 2, 3]
+    assert c.backward.tolist() == [1, 2, 1, 2]
+
+
+def test_unattributed_subset_is_an_error() -> None:
+    model = CountingModel(nn.Linear(3, 2), n=4)
+    with pytest.raises(RuntimeError, match="attribute"):
+        model(torch.randn(2, 3))
+
+
+def test_budget_is_enforced_per_sample() -> None:
+    model = CountingModel(nn.Linear(3, 2), n=2, max_queries=2)
+    x = torch.randn(2, 3)
+    model(x)
+    with attribute(model, torch.tensor([0])):
+        model(x[:1])
+    with pytest.raises(QueryBudgetExceeded), attribute(model, torch.tensor([0])):
+        model(x[:1])
+    with attribute(model, torch.tensor([1])):
+        model(x[1:])  # sample 1 still has budget
+    assert model.counts().forward.tolist() == [2, 2]

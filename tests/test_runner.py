@@ -1,0 +1,89 @@
+"""The runner re-checks attacks, counts their cost and rejects bad input with a clear message."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from bastion.attacks.base import AttackSpec
+from bastion.errors import InvalidInputError
+from bastion.evaluate.runner import run_attack
+from bastion.threat import LpThreat
+
+
+def _liar(goal: str = "budget") -> AttackSpec:
+    """An attack that returns points far outside the ball (and flips nothing on its own)."""
+
+    def fn(model, inputs, labels, threat, *, targeted=False, generator=None):
+        return (inputs + 0.9).clamp(0, 1)
+
+    return AttackSpec("liar", fn, ("linf",), goal, "white-box", "none")
+
+
+def test_runner_projects_and_rechecks(digits_model: nn.Module, digits_points) -> None:
+    x, y = digits_points
+    result = run_attack(digits_model, x, y, LpThreat("linf", 0.05), _liar())
+    assert result.outside_threat == int(result.clean_correct.sum())
+    assert LpThreat("linf", 0.05).contains(result.adversarial, x).all()
+    with torch.no_grad():
+        really = digits_model(result.adversarial).argmax(1) != y
+    assert torch.equal(result.success, really & result.clean_correct)
+
+
+def test_minimal_attack_outside_eps_is_not_a_success(digits_model: nn.Module, digits_points) -> None:
+    x, y = digits_points
+    result = run_attack(digits_model, x, y, LpThreat("linf", 0.05), _liar("minimal"))
+    assert not result.success.any()  # far outside eps: never counted, even if misclassified
+
+
+def test_pgd_breaks_a_normal_model_and_counts_passes(digits_model: nn.Module, digits_points) -> None:
+    x, y = digits_points
+    result = run_attack(digits_model, x, y, LpThreat("linf", 0.3), "pgd", steps=20,
+                        generator=torch.Generator().manual_seed(0))
+    assert result.clean_accuracy > 0.8
+    assert result.robust_accuracy < 0.1
+    attacked = result.clean_correct
+    assert (result.counts.forward[attacked] >= 1).all() and (result.counts.forward[attacked] <= 21).all()
+    assert (result.counts.forward[~attacked] == 0).all()  # misclassified points cost nothing
+    assert torch.all(result.norm[result.success] <= 0.3 + 1e-6)
+
+
+def test_train_mode_warns_and_evaluates_in_eval_mode(digits_points) -> None:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.Dropout(0.9))
+    x, y = digits_points
+    model.train()
+    with pytest.warns(UserWarning, match="train mode"):
+        a = run_attack(model, x, y, LpThreat("linf", 0.0), "fgsm")
+    assert model.training  # the caller's mode is restored
+    model.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        b = run_attack(model, x, y, LpThreat("linf", 0.0), "fgsm")
+    assert torch.equal(a.clean_pred, b.clean_pred)  # deterministic: dropout was off
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda x, y: (x * float("nan"), y), "NaN/inf"),
+        (lambda x, y: (x * 255, y), "outside the declared bounds"),
+        (lambda x, y: (x.view(len(y), -1)[:, :10], y), "cannot take inputs of shape"),
+        (lambda x, y: (x, y + 10), r"labels must lie in \[0, 9\]"),
+        (lambda x, y: (x, y[:-1]), "labels must have shape"),
+        (lambda x, y: (x, y.float()), "integer class indices"),
+    ],
+)
+def test_bad_input_gets_one_clear_error(digits_model: nn.Module, digits_points, mutate, message: str) -> None:
+    x, y = mutate(*digits_points)
+    with pytest.raises(InvalidInputError, match=message):
+        run_attack(digits_model, x, y, LpThreat("linf", 0.1), "pgd")
+
+
+def test_attack_norm_mismatch(digits_model: nn.Module, digits_points) -> None:
+    with pytest.raises(InvalidInputError, match="supports norms"):
+        run_attack(digits_model, *digits_points, LpThreat("l1", 1.0), "fgsm")

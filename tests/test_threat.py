@@ -1,0 +1,59 @@
+import math
+
+import pytest
+import torch
+
+from bastion.errors import InvalidInputError
+from bastion.threat import LpThreat, project_ball
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_random_start_and_projection_stay_inside(norm: str) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(32, 1, 8, 8, generator=g)
+    eps = torch.linspace(0.05, 2.0, 32)
+    threat = LpThreat(norm, eps)
+    start = threat.random_start(x, g)
+    assert threat.contains(start, x).all()
+    far = x + 5 * torch.randn(x.shape, generator=g)
+    proj = threat.project(far, x)
+    assert threat.contains(proj, x).all()
+    assert torch.allclose(threat.norm_of(project_ball(far - x, eps, norm)), eps, rtol=1e-4)
+
+
+def test_l1_projection_matches_closed_form_and_is_nearest() -> None:
+    # Projection of (3, 1, 0) onto the L1 ball of radius 2 soft-thresholds by theta = 1: (2, 0, 0).
+    d = torch.tensor([[3.0, 1.0, 0.0]])
+    assert torch.allclose(project_ball(d, torch.tensor([2.0]), "l1"), torch.tensor([[2.0, 0.0, 0.0]]))
+    # Nearest point: no random point of the ball is closer than the projection.
+    g = torch.Generator().manual_seed(1)
+    v = torch.randn(1, 20, generator=g) * 3
+    p = project_ball(v, torch.tensor([1.5]), "l1")
+    assert math.isclose(float(p.abs().sum()), 1.5, rel_tol=1e-5)
+    cand = torch.randn(2000, 20, generator=g)
+    cand = cand / cand.abs().sum(1, keepdim=True) * 1.5 * torch.rand(2000, 1, generator=g)
+    assert float((v - p).norm()) <= float((v - cand).norm(dim=1).min()) + 1e-6
+
+
+def test_mask_freezes_features() -> None:
+    mask = torch.zeros(1, 8, 8, dtype=torch.bool)
+    mask[:, :4] = True
+    threat = LpThreat("linf", 0.3, mask=mask)
+    x = torch.full((4, 1, 8, 8), 0.5)
+    p = threat.project(x + 0.2, x)
+    assert torch.all(p[:, :, 4:] == 0.5) and torch.allclose(p[:, :, :4], torch.tensor(0.7))
+    assert threat.contains(p, x).all()
+    assert not threat.contains(x + 0.1, x).any()
+
+
+@pytest.mark.parametrize("eps", [-0.1, float("nan"), float("inf")])
+def test_bad_eps_is_rejected(eps: float) -> None:
+    with pytest.raises(InvalidInputError, match="eps must be finite and non-negative"):
+        LpThreat("linf", eps)
+
+
+def test_bad_norm_and_per_sample_mismatch() -> None:
+    with pytest.raises(InvalidInputError, match="Unknown norm"):
+        LpThreat("l3", 0.1)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="one radius per input"):
+        LpThreat("l2", torch.ones(3)).eps_for(torch.zeros(4, 2))
