@@ -1,0 +1,26 @@
+"""The ``bastion`` command line: one entry point, rich tables and progress bars.
+
+Each command group lives in its own module and registers on ``app`` here; a new group is one module
+plus one line below.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from bastion.cli import data, evaluate, models, runs
+
+app = typer.Typer(help="bastion: measure and improve the adversarial robustness of deep-learning models.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+app.add_typer(data.data_app, name="data")
+app.add_typer(models.models_app, name="models")
+app.add_typer(models.attacks_app, name="attacks")
+app.add_typer(runs.runs_app, name="runs")
+app.command("train")(models.train)
+app.command("evaluate")(evaluate.evaluate_cmd)
+app.command("attack")(evaluate.attack_cmd)
+app.command("report")(runs.report)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,90 @@
+"""`bastion models`, `bastion attacks`, `bastion train`: the zoo, the attack registry, training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from bastion.cli.common import console, friendly, progress_bar
+
+models_app = typer.Typer(help="The model zoo.", no_args_is_help=True)
+attacks_app = typer.Typer(help="Registered attacks.", no_args_is_help=True)
+
+
+@models_app.command("list")
+@friendly
+def models_list() -> None:
+    """List zoo models and architectures."""
+    from bastion.zoo import ARCHITECTURES, MODELS
+
+    table = Table("model", "data set", "description", title="Trained models")
+    for name in MODELS:
+        e = MODELS.get(name)
+        table.add_row(name, e.dataset, e.description)
+    console.print(table)
+    arch = Table("architecture", "modality", "description", title="Architectures (bastion train --arch)")
+    for name in ARCHITECTURES:
+        a = ARCHITECTURES.get(name)
+        arch.add_row(name, a.modality, a.description)
+    console.print(arch)
+
+
+@models_app.command("show")
+@friendly
+def models_show(name: str) -> None:
+    """Show a zoo model's or checkpoint's metadata."""
+    from dataclasses import asdict
+
+    from bastion.zoo import load_model
+
+    model, meta = load_model(name)
+    params = sum(p.numel() for p in model.parameters())
+    console.print_json(json.dumps(asdict(meta) | {"parameters": params}, default=str))
+
+
+# attacks ----------------------------------------------------------------------------------------
+@attacks_app.command("list")
+@friendly
+def attacks_list() -> None:
+    """List registered attacks with their norms, goal, access and paper."""
+    from bastion.attacks import ATTACKS
+
+    table = Table("attack", "norms", "goal", "access", "paper")
+    for name in ATTACKS:
+        a = ATTACKS.get(name)
+        table.add_row(name, ", ".join(a.norms), a.goal, a.access, a.paper)
+    console.print(table)
+
+
+# train ------------------------------------------------------------------------------------------
+@friendly
+def train(
+    arch: str = typer.Option("cnn", help="architecture (bastion models list)"),
+    dataset: str = typer.Option("mnist", help="data set (bastion data list)"),
+    out: Path = typer.Option(..., help="checkpoint path stem: writes OUT.safetensors and OUT.json"),
+    epochs: int = typer.Option(10, min=1),
+    batch_size: int = typer.Option(128, min=1),
+    lr: float = typer.Option(1e-3, min=0.0),
+    patience: int = typer.Option(2, min=1, help="early stopping: epochs without validation improvement"),
+    seed: int = 0,
+) -> None:
+    """Train a model normally (Adam, early stopping on validation accuracy) and save a checkpoint."""
+    from bastion.zoo.train import TrainConfig, TrainEvent, train_and_save
+
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed)
+    with progress_bar() as bar:
+        task = bar.add_task(f"train {arch} on {dataset}", total=None, info="")
+
+        def tick(e: TrainEvent) -> None:
+            bar.update(task, total=e.batches, completed=e.batch + 1,
+                       description=f"epoch {e.epoch + 1}/{epochs}", info=f"loss {e.loss:.3f}")
+
+        _, meta = train_and_save(arch, dataset, out, config, on_batch=tick)
+    m = meta.metrics
+    console.print(f"test accuracy [bold]{100 * m['test_accuracy']:.2f}%[/] (best epoch {m['best_epoch'] + 1}, "
+                  f"{m['train_seconds']} s) -> {out}.safetensors")
+
+
