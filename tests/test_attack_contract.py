@@ -13,7 +13,10 @@ from bastion.threat import LpThreat
 
 EPS = {"linf": 0.1, "l2": 0.8, "l1": 4.0}
 # Smaller budgets for the contract only (it checks behaviour, not strength).
-CONTRACT_PARAMS: dict[str, dict[str, Any]] = {}
+CONTRACT_PARAMS: dict[str, dict[str, Any]] = {
+    "square": {"max_queries": 300}, "nes": {"max_queries": 500}, "spsa": {"steps": 10}, "zoo": {"steps": 20},
+    "hopskipjump": {"max_queries": 1000}, "boundary": {"max_queries": 500}, "cw": {"max_iterations": 50},
+}
 
 CASES = [(name, norm) for name in ATTACKS for norm in ATTACKS.get(name).norms]
 
