@@ -31,13 +31,15 @@ def test_data_and_models_and_attacks_lists() -> None:
 
 def test_evaluate_records_a_run_and_writes_reports(digits_checkpoint: Path, tmp_path: Path) -> None:
     db = str(tmp_path / "s.sqlite")
-    code, out = invoke("evaluate", "--model", str(digits_checkpoint), "--n", "40", "--eps", "0.2", "--steps", "10",
+    code, out = invoke("evaluate", "--model", str(digits_checkpoint), "--n", "40", "--eps", "0.2", "--suite", "fast",
                        "--store", db)
     assert code == 0, out
     assert "clean accuracy" in out and "robust accuracy" in out
     run_dir = next((tmp_path / "runs").iterdir())
     report = json.loads((run_dir / "report.json").read_text())
-    assert report["schema"] == "bastion.report/1" and report["summary"]["n"] == 40
+    assert report["schema"] == "bastion.report/2" and report["summary"]["n"] == 40
+    assert report["summary"]["suite"] == "fast" and "apgd-ce" in report["summary"]["stages"]
+    assert (run_dir / "report.html").read_text().startswith("<!doctype html>")
     assert "| robust accuracy |" in (run_dir / "report.md").read_text()
     code, out = invoke("runs", "list", "--store", db)
     assert code == 0 and run_dir.name[:10] in out
@@ -71,6 +73,7 @@ def test_train_command(tmp_path: Path) -> None:
         (("evaluate", "--eps", "-1"), "eps must be finite and non-negative"),
         (("evaluate", "--eps", "nan"), "eps must be finite and non-negative"),
         (("evaluate", "--norm", "l3"), "norm"),
+        (("evaluate", "--suite", "quick"), "suite"),
         (("attack", "pgdd", "--eps", "0.1"), "Did you mean 'pgd'"),
         (("attack", "fgsm", "--norm", "l1", "--eps", "1", "--n", "5"), "supports norms"),
         (("evaluate", "--model", "mnist-cnn", "--dataset", "digits"), "takes inputs of shape"),

@@ -17,7 +17,8 @@ class Killed(Exception):
 
 
 def _config(checkpoint: Path) -> EvalConfig:
-    return EvalConfig(model=str(checkpoint), n=96, batch_size=32, eps=0.1, params={"steps": 10}, seed=5)
+    return EvalConfig(model=str(checkpoint), n=96, batch_size=32, eps=0.1, suite=None, attack="pgd",
+                      params={"steps": 10}, seed=5)
 
 
 def test_killed_run_resumes_and_matches_uninterrupted(digits_checkpoint: Path, tmp_path: Path) -> None:

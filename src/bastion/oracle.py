@@ -88,18 +88,24 @@ class CountingModel(nn.Module):
         return hook
 
 
+def find_counter(model: nn.Module) -> CountingModel | None:
+    """The ``CountingModel`` that ``model`` is or wraps (e.g. inside an EOT wrapper), if any."""
+    return next((m for m in model.modules() if isinstance(m, CountingModel)), None)
+
+
 @contextmanager
 def attribute(model: nn.Module, index: Tensor) -> Iterator[None]:
     """Within this block, batch row ``i`` passed to ``model`` is original sample ``index[i]``.
 
-    A no-op for models that are not ``CountingModel``s, so attacks may always use it.
+    Finds a ``CountingModel`` inside wrappers; a no-op for models without one, so attacks may always use it.
     """
-    if not isinstance(model, CountingModel):
+    counter = find_counter(model)
+    if counter is None:
         yield
         return
-    previous = model._index
-    model._index = index.detach().to("cpu", torch.long)
+    previous = counter._index
+    counter._index = index.detach().to("cpu", torch.long)
     try:
         yield
     finally:
-        model._index = previous
+        counter._index = previous

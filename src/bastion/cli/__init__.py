@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from bastion.cli import data, evaluate, models, runs
+from bastion.cli import adv_train, data, evaluate, models, runs
 
 app = typer.Typer(help="bastion: measure and improve the adversarial robustness of deep-learning models.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -17,6 +17,7 @@ app.add_typer(models.models_app, name="models")
 app.add_typer(models.attacks_app, name="attacks")
 app.add_typer(runs.runs_app, name="runs")
 app.command("train")(models.train)
+app.command("adv-train")(adv_train.adv_train)
 app.command("evaluate")(evaluate.evaluate_cmd)
 app.command("attack")(evaluate.attack_cmd)
 app.command("report")(runs.report)

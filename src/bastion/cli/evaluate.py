@@ -18,21 +18,27 @@ def _run_evaluation(config: Any, store_path: Path | None, fresh: bool) -> None:
     from bastion.evaluate.store import Store
 
     store = Store(store_path)
+    what = config.attack or f"{config.suite} suite"
     with progress_bar() as bar:
-        task = bar.add_task(f"{config.attack} {config.norm} eps={config.eps}", total=config.n, info="")
+        task = bar.add_task(f"{what} {config.norm} eps={config.eps}", total=config.n, info="")
 
         def tick(p: JobProgress) -> None:
             if p.resumed:
                 err.print(f"resuming an unfinished run with the same configuration: {p.resumed} points already done")
-            bar.update(task, total=p.total, completed=p.done, info=f"broken {p.broken}")
+            stage = f" ({p.stage})" if p.stage else ""
+            bar.update(task, total=p.total, completed=p.done, info=f"broken {p.broken}{stage}")
 
         outcome = evaluate(config, store, fresh=fresh, on_progress=tick)
     run = store.get_run(outcome.run_id)
-    js, md = write_reports(run, default_report_dir(store, run.id))
+    paths = write_reports(run, default_report_dir(store, run.id), store)
     s = outcome.summary
-    console.print(md.read_text(), markup=False)
+    console.print(paths["markdown"].read_text(), markup=False)
+    fired = s.get("flags_fired") or []
+    if fired:
+        err.print(f"[bold yellow]gradient-masking flags:[/] {', '.join(fired)} (see the report)")
     console.print(f"[bold]clean accuracy {100 * s['clean_accuracy']:.2f}%  robust accuracy "
-                  f"{100 * s['robust_accuracy']:.2f}%[/]  run {run.id}\nreports: {js}  {md}")
+                  f"{100 * s['robust_accuracy']:.2f}%[/]  run {run.id}")
+    console.print("reports: " + "  ".join(str(p) for p in paths.values()), soft_wrap=True)
 
 
 @friendly
@@ -43,18 +49,19 @@ def evaluate_cmd(
     n: int = typer.Option(1000, help="number of points from the start of the split"),
     norm: str = typer.Option("linf", help="linf, l2 or l1"),
     eps: float = typer.Option(0.3, help="radius of the threat model"),
-    steps: int = typer.Option(100, help="PGD iterations"),
-    restarts: int = typer.Option(1, help="PGD random restarts (spent only on points not yet broken)"),
+    suite: str = typer.Option("standard", help="fast, standard or thorough"),
+    eot_samples: int = typer.Option(20, help="draws per gradient when the model is found to be randomized"),
     batch_size: int = typer.Option(500),
     seed: int = 0,
     store: Path | None = typer.Option(None, help="SQLite results store (default $BASTION_HOME/bastion.sqlite)"),
     fresh: bool = typer.Option(False, help="start a new run instead of resuming an unfinished identical one"),
 ) -> None:
-    """Clean and PGD robust accuracy of a model; writes JSON and Markdown reports and records the run."""
+    """The standard adaptive evaluation: attack cascade, gradient-masking diagnostics, robustness curve,
+    costs; writes JSON, Markdown and HTML reports and records the run."""
     from bastion.evaluate.config import EvalConfig
 
-    config = EvalConfig(model=model, dataset=dataset, split=split, n=n, norm=norm, eps=eps, attack="pgd",
-                        params={"steps": steps, "restarts": restarts}, batch_size=batch_size, seed=seed)
+    config = EvalConfig(model=model, dataset=dataset, split=split, n=n, norm=norm, eps=eps, suite=suite,
+                        eot_samples=eot_samples, batch_size=batch_size, seed=seed)
     _run_evaluation(config, store, fresh)
 
 
@@ -92,8 +99,8 @@ def attack_cmd(
             params[key] = json.loads(value)
         except json.JSONDecodeError:
             params[key] = value
-    config = EvalConfig(model=model, dataset=dataset, split=split, n=n, norm=norm, eps=eps, attack=name,
-                        params=params, batch_size=batch_size, seed=seed)
+    config = EvalConfig(model=model, dataset=dataset, split=split, n=n, norm=norm, eps=eps, suite=None,
+                        attack=name, params=params, batch_size=batch_size, seed=seed)
     _run_evaluation(config, store, fresh)
 
 

@@ -42,14 +42,14 @@ def runs_show(run_id: str, store: Path | None = typer.Option(None)) -> None:
 @friendly
 def report(run_id: str, store: Path | None = typer.Option(None),
            out: Path | None = typer.Option(None, help="folder for the reports (default: beside the store)")) -> None:
-    """Render the JSON and Markdown reports of any stored run."""
+    """Render the JSON, Markdown and HTML reports of any stored run."""
     from bastion.evaluate.job import default_report_dir
     from bastion.evaluate.report import write_reports
     from bastion.evaluate.store import Store
 
     st = Store(store)
     run = st.get_run(run_id)
-    js, md = write_reports(run, out or default_report_dir(st, run.id))
-    console.print(f"{js}\n{md}")
+    paths = write_reports(run, out or default_report_dir(st, run.id), st)
+    console.print("\n".join(str(p) for p in paths.values()), soft_wrap=True)
 
 

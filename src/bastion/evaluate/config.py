@@ -7,11 +7,11 @@ import json
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class EvalConfig(BaseModel):
-    """One evaluation: a model, data points, a threat model and an attack.
+    """One evaluation: a model, data points, a threat model, and either the standard suite or one attack.
 
     ``dataset`` defaults to the data set the model was trained on.
     """
@@ -24,8 +24,10 @@ class EvalConfig(BaseModel):
     n: int = Field(1000, gt=0, description="number of points, taken from the start of the split")
     norm: Literal["linf", "l2", "l1"] = "linf"
     eps: float = 0.3
-    attack: str = "pgd"
-    params: dict[str, Any] = Field(default_factory=lambda: {"steps": 100})
+    suite: Literal["fast", "standard", "thorough"] | None = "standard"
+    attack: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    eot_samples: int = Field(20, gt=0, description="draws per gradient when the model is randomized")
     targeted: bool = False
     batch_size: int = Field(500, gt=0)
     seed: int = 0
@@ -36,6 +38,17 @@ class EvalConfig(BaseModel):
         if not math.isfinite(v) or v < 0:
             raise ValueError(f"eps must be finite and non-negative, got {v}; e.g. --eps 0.3 (L-inf), 2.0 (L2)")
         return v
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> EvalConfig:
+        if (self.suite is None) == (self.attack is None):
+            raise ValueError("give either a suite (fast, standard, thorough) or a single attack, not both")
+        return self
+
+    @property
+    def done_part(self) -> str:
+        """The store part that marks a batch as finished."""
+        return self.attack if self.attack is not None else "worst"
 
     def key(self) -> str:
         """Identity of the run for resuming: same config, same key."""

@@ -1,7 +1,9 @@
-"""The evaluation job: model + data + threat + attack -> per-sample outcomes in the store -> report.
+"""The evaluation job: model + data + threat + (suite or attack) -> per-sample rows in the store -> summary.
 
 Batches are independent (each has its own generator seeded from the run seed and the batch number),
 so a killed run resumes at the first unfinished batch and gives the same numbers as an uninterrupted one.
+In suite mode the diagnostics probe runs first and its adaptation plan is stored with the run, so a
+resumed run attacks exactly as the first part did.
 """
 
 from __future__ import annotations
@@ -15,16 +17,24 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor, nn
 
 from bastion.data import load_dataset
+from bastion.data.base import Split
 from bastion.errors import InvalidInputError
+from bastion.evaluate.adaptive import build_adaptation, probe
 from bastion.evaluate.config import EvalConfig
+from bastion.evaluate.outcome import outcome_checks
 from bastion.evaluate.runner import AttackResult, run_attack
 from bastion.evaluate.store import Store
+from bastion.evaluate.suite import SuiteOutcome, run_suite
+from bastion.evaluate.summary import summarize
 from bastion.threat import LpThreat
 from bastion.zoo import load_model
 
 KIND = "evaluate"
+PROBE_POINTS = 64
+GALLERY = 8
 
 
 @dataclass(frozen=True)
@@ -33,6 +43,7 @@ class Progress:
     total: int
     broken: int
     resumed: int = 0
+    stage: str = ""
 
 
 @dataclass(frozen=True)
@@ -49,16 +60,41 @@ def environment() -> dict[str, Any]:
         "bastion": __version__, "torch": torch.__version__, "numpy": np.__version__,
         "python": platform.python_version(), "platform": platform.platform(),
         "threads": torch.get_num_threads(), "machine": platform.machine(),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
     }
 
 
-def _rows(result: AttackResult, labels: torch.Tensor, start: int) -> list[tuple[Any, ...]]:
+def _rows(result: AttackResult, labels: Tensor, index: list[int]) -> list[tuple[Any, ...]]:
     return [
-        (start + i, int(labels[i]), int(result.clean_pred[i]), int(result.adv_pred[i]), int(result.clean_correct[i]),
+        (index[i], int(labels[i]), int(result.clean_pred[i]), int(result.adv_pred[i]), int(result.clean_correct[i]),
          int(result.success[i]), float(result.norm[i]) if torch.isfinite(result.norm[i]) else None,
          int(result.counts.forward[i]), int(result.counts.backward[i]))
-        for i in range(len(labels))
+        for i in range(len(index))
     ]
+
+
+@dataclass(frozen=True)
+class Setup:
+    model: nn.Module
+    points: Split
+    threat: LpThreat
+    config: EvalConfig
+    num_classes: int
+
+
+def prepare(config: EvalConfig) -> Setup:
+    """Load model and data, check they fit, build the threat model; ``config.dataset`` filled in."""
+    model, meta = load_model(config.model)
+    dataset = config.dataset or meta.dataset
+    data = load_dataset(dataset, seed=config.seed)
+    if tuple(data.spec.shape) != tuple(meta.input_shape):
+        raise InvalidInputError(
+            f"Model {config.model!r} takes inputs of shape {tuple(meta.input_shape)} but {dataset!r} has "
+            f"{tuple(data.spec.shape)}; pick the data set the model was trained on ({meta.dataset!r})."
+        )
+    threat = LpThreat(config.norm, config.eps, lower=data.spec.lower, upper=data.spec.upper)
+    full = config.model_copy(update={"dataset": dataset})
+    return Setup(model, data.split(config.split).take(config.n), threat, full, data.spec.num_classes)
 
 
 def evaluate(
@@ -69,67 +105,104 @@ def evaluate(
     on_progress: Callable[[Progress], None] | None = None,
 ) -> EvalOutcome:
     """Run (or resume) the evaluation ``config`` and record it in ``store``."""
-    model, meta = load_model(config.model)
-    dataset = config.dataset or meta.dataset
-    data = load_dataset(dataset, seed=config.seed)
-    if tuple(data.spec.shape) != tuple(meta.input_shape):
-        raise InvalidInputError(
-            f"Model {config.model!r} takes inputs of shape {tuple(meta.input_shape)} but {dataset!r} has "
-            f"{tuple(data.spec.shape)}; pick the data set the model was trained on ({meta.dataset!r})."
-        )
-    points = data.split(config.split).take(config.n)
-    threat = LpThreat(config.norm, config.eps, lower=data.spec.lower, upper=data.spec.upper)
-    full = config.model_copy(update={"dataset": dataset})
-    run_id = None if fresh else store.find_unfinished(KIND, full.key())
-    resumed = run_id is not None
-    run_id = run_id or store.create_run(KIND, full.key(), full.model_dump(mode="json"), config.seed, environment())
-    done = store.done_batches(run_id, config.attack)
-    starts = list(range(0, len(points), config.batch_size))
-    finished = sum(min(config.batch_size, len(points) - s) for b, s in enumerate(starts) if b in done)
-    already = finished
-    broken = sum(r["success"] for r in store.samples(run_id, config.attack)) if resumed else 0
+    setup = prepare(config)
+    cfg = setup.config
+    run_id = None if fresh else store.find_unfinished(KIND, cfg.key())
+    run_id = run_id or store.create_run(KIND, cfg.key(), cfg.model_dump(mode="json"), cfg.seed, environment())
+    plan = _plan(store, run_id, setup) if cfg.suite else {}
+    done = store.done_batches(run_id, cfg.done_part)
+    n, size = len(setup.points), cfg.batch_size
+    starts = list(range(0, n, size))
+    finished = already = sum(min(size, n - s) for b, s in enumerate(starts) if b in done)
+    broken = sum(r["success"] for r in store.samples(run_id, cfg.done_part))
     if on_progress:
-        on_progress(Progress(finished, len(points), broken, finished))
+        on_progress(Progress(finished, n, broken, already))
     for b, start in enumerate(starts):
         if b in done:
             continue
-        x, y = points.x[start:start + config.batch_size], points.y[start:start + config.batch_size]
-        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + b)
-        t0 = time.perf_counter()
-        result = run_attack(model, x, y, threat, config.attack, generator=generator, **config.params)
-        store.record_batch(run_id, config.attack, b, start, start + len(y), time.perf_counter() - t0,
-                           _rows(result, y, start), result.outside_threat)
-        finished += len(y)
-        broken += int(result.success.sum())
+        stop = min(start + size, n)
+        broken += _batch(store, run_id, setup, plan, b, start, stop, on_progress, finished, broken)
+        finished = stop
         if on_progress:
-            on_progress(Progress(finished, len(points), broken))
-    summary = summarize(store, run_id, full)
+            on_progress(Progress(finished, n, broken))
+    if cfg.suite and store.get_artifact(run_id, "outcome_flags") is None:
+        if on_progress:
+            on_progress(Progress(finished, n, broken, stage="diagnostics"))
+        flags = outcome_checks(setup, build_adaptation(setup.model, plan), cfg, PROBE_POINTS)
+        store.put_artifact(run_id, "outcome_flags", [f.to_dict() for f in flags])
+    summary = summarize(store, run_id, cfg, setup.num_classes)
     store.finish_run(run_id, summary)
     return EvalOutcome(run_id, summary, already)
 
 
-def summarize(store: Store, run_id: str, config: EvalConfig) -> dict[str, Any]:
-    """Aggregate the stored per-sample rows of a run into its summary (the numbers reports show)."""
-    rows = store.samples(run_id, config.attack)
-    n = len(rows)
-    clean = sum(r["clean_correct"] for r in rows)
-    broken = sum(r["success"] for r in rows)
-    norms = [r["norm"] for r in rows if r["success"] and r["norm"] is not None]
-    fwd = sum(r["forward"] for r in rows)
-    bwd = sum(r["backward"] for r in rows)
-    totals = store.batch_totals(run_id, config.attack)
-    return {
-        "n": n,
-        "clean_accuracy": clean / n,
-        "robust_accuracy": (clean - broken) / n,
-        "attack_success_rate": broken / clean if clean else 0.0,
-        "median_norm_of_successes": float(np.median(norms)) if norms else None,
-        "forward_passes": fwd,
-        "backward_passes": bwd,
-        "passes_per_point": (fwd + bwd) / n,
-        "attack_seconds": round(totals["seconds"], 3),
-        "outside_threat": totals["outside_threat"],
-    }
+def _plan(store: Store, run_id: str, setup: Setup) -> dict[str, Any]:
+    plan = store.get_artifact(run_id, "adaptation")
+    if plan is None:
+        x, y = setup.points.x[:PROBE_POINTS], setup.points.y[:PROBE_POINTS]
+        plan, flags = probe(setup.model, x, y, setup.threat, eot_samples=setup.config.eot_samples)
+        store.put_artifact(run_id, "probe_flags", [f.to_dict() for f in flags])
+        store.put_artifact(run_id, "adaptation", plan)
+    return plan
+
+
+def _batch(store: Store, run_id: str, setup: Setup, plan: dict[str, Any], b: int, start: int, stop: int,
+           on_progress: Callable[[Progress], None] | None, finished: int, broken: int) -> int:
+    """Attack one batch, record it, return how many points it broke."""
+    cfg = setup.config
+    x, y = setup.points.x[start:stop], setup.points.y[start:stop]
+    generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + b)
+    t0 = time.perf_counter()
+    if cfg.attack is not None:
+        result = run_attack(setup.model, x, y, setup.threat, cfg.attack, generator=generator, **cfg.params)
+        store.record_batch(run_id, cfg.attack, b, start, stop, time.perf_counter() - t0,
+                           _rows(result, y, list(range(start, stop))), result.outside_threat)
+        return int(result.success.sum())
+
+    def tick(stage: Any) -> None:
+        if on_progress:
+            on_progress(Progress(finished, len(setup.points), broken, stage=stage.stage.part))
+
+    assert cfg.suite is not None
+    out = run_suite(setup.model, x, y, setup.threat, version=cfg.suite, adapt=build_adaptation(setup.model, plan),
+                    generator=generator, on_stage=tick)
+    for st in out.stages:
+        index = (st.attacked.nonzero().flatten() + start).tolist()
+        store.record_batch(run_id, st.stage.part, b, start, stop, st.seconds, _rows(st.result, y[st.attacked], index),
+                           st.result.outside_threat)
+        peak = max(store.get_artifact(run_id, f"peak_rss_mb/{st.stage.part}") or 0.0, st.peak_rss_mb)
+        store.put_artifact(run_id, f"peak_rss_mb/{st.stage.part}", peak)
+    _record_gallery(store, run_id, setup.model, y, out, start, x)
+    store.record_batch(run_id, "worst", b, start, stop, time.perf_counter() - t0, _worst_rows(out, y, start))
+    return int(out.broken.sum())
+
+
+def _worst_rows(out: SuiteOutcome, y: Tensor, start: int) -> list[tuple[Any, ...]]:
+    rows = []
+    for i in range(len(y)):
+        fwd = sum(int(s.result.counts.forward[_pos(s.attacked, i)]) for s in out.stages if s.attacked[i])
+        bwd = sum(int(s.result.counts.backward[_pos(s.attacked, i)]) for s in out.stages if s.attacked[i])
+        norm = float(out.best_norm[i])
+        rows.append((start + i, int(y[i]), -1, -1, int(out.clean_correct[i]), int(out.broken[i]),
+                     norm if np.isfinite(norm) else None, fwd, bwd))
+    return rows
+
+
+def _pos(mask: Tensor, i: int) -> int:
+    return int(mask[:i].sum())
+
+
+def _record_gallery(store: Store, run_id: str, model: nn.Module, y: Tensor, out: SuiteOutcome, start: int,
+                    x: Tensor) -> None:
+    gallery = store.get_artifact(run_id, "gallery") or []
+    if len(gallery) >= GALLERY:
+        return
+    for i in out.broken.nonzero().flatten().tolist()[: GALLERY - len(gallery)]:
+        with torch.no_grad():
+            pred = int(model(out.adversarial[i:i + 1].to(x)).argmax(1))
+        gallery.append({"index": start + i, "label": int(y[i]), "adversarial_prediction": pred,
+                        "broken_by": out.first_broken_by[i], "clean": x[i].tolist(),
+                        "adversarial": out.adversarial[i].tolist()})
+    store.put_artifact(run_id, "gallery", gallery)
 
 
 def default_report_dir(store: Store, run_id: str) -> Path:

@@ -8,6 +8,7 @@ already misclassifies are not attacked (they are not robust) and cost nothing.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,16 @@ from bastion.attacks.base import AttackSpec
 from bastion.oracle import CountingModel, Counts
 from bastion.threat import LpThreat
 from bastion.validate import check_inputs, check_labels, ensure_eval, probe_model
+
+
+@dataclass(frozen=True)
+class Adaptation:
+    """What an adaptive attack sees instead of the model: ``surrogate`` replaces it (e.g. with BPDA
+    modules), and ``wrap`` goes around the counted model (e.g. EOT, so every sample is counted)."""
+
+    surrogate: nn.Module | None = None
+    wrap: Callable[[nn.Module], nn.Module] | None = None
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -64,12 +75,14 @@ def run_attack(
     targets: Tensor | None = None,
     generator: torch.Generator | None = None,
     max_queries: int | None = None,
+    adapt: Adaptation | None = None,
     **params: Any,
 ) -> AttackResult:
     """Run ``attack`` on the points ``model`` classifies correctly and re-check what it returns.
 
     ``labels`` are the true classes; pass ``targets`` for a targeted attack (success means the
-    re-checked prediction equals the target).
+    re-checked prediction equals the target). ``adapt`` lets the attack see a different model than the
+    one that is re-checked (BPDA, EOT): the re-check always uses ``model`` itself.
     """
     spec = get_attack(attack) if isinstance(attack, str) else attack
     if threat.norm not in spec.norms:
@@ -86,7 +99,7 @@ def run_attack(
         check_labels(labels, inputs.shape[0], num_classes)
         if targets is not None:
             check_labels(targets, inputs.shape[0], num_classes)
-        return _run(model, inputs, labels, threat, spec, targets, generator, max_queries, params)
+        return _run(model, inputs, labels, threat, spec, targets, generator, max_queries, adapt or Adaptation(), params)
     finally:
         if was_training:
             model.train()
@@ -94,7 +107,8 @@ def run_attack(
 
 def _run(
     model: nn.Module, inputs: Tensor, labels: Tensor, threat: LpThreat, spec: AttackSpec,
-    targets: Tensor | None, generator: torch.Generator | None, max_queries: int | None, params: dict[str, Any],
+    targets: Tensor | None, generator: torch.Generator | None, max_queries: int | None, adapt: Adaptation,
+    params: dict[str, Any],
 ) -> AttackResult:
     n = inputs.shape[0]
     with torch.no_grad():
@@ -106,9 +120,10 @@ def _run(
     counts = Counts(torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long))
     start = time.perf_counter()
     if idx.numel():
-        counting = CountingModel(model, idx.numel(), max_queries=max_queries)
+        counting = CountingModel(adapt.surrogate or model, idx.numel(), max_queries=max_queries)
+        seen = adapt.wrap(counting) if adapt.wrap is not None else counting
         goal = labels[idx] if targets is None else targets[idx]
-        out = spec.fn(counting, inputs[idx], goal, threat.select(idx), targeted=targets is not None,
+        out = spec.fn(seen, inputs[idx], goal, threat.select(idx), targeted=targets is not None,
                       generator=generator, **params)
         adversarial[idx] = out.detach().to(inputs)
         c = counting.counts()

@@ -57,6 +57,12 @@ CREATE TABLE IF NOT EXISTS batches (
     outside_threat INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (run_id, part, batch)
 );
+CREATE TABLE IF NOT EXISTS artifacts (
+    run_id TEXT NOT NULL REFERENCES runs (id),
+    name TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (run_id, name)
+);
 """
 
 SAMPLE_COLUMNS = ("idx", "label", "clean_pred", "adv_pred", "clean_correct", "success", "norm", "forward", "backward")
@@ -178,6 +184,19 @@ class Store:
         sql = "SELECT * FROM samples WHERE run_id=?" + (" AND part=?" if part else "") + " ORDER BY part, idx"
         args = (run_id, part) if part else (run_id,)
         return [dict(r) for r in self._db.execute(sql, args)]
+
+
+    # artifacts: small JSON values attached to a run (diagnostics, adaptation plan, gallery) ----------
+    def put_artifact(self, run_id: str, name: str, value: Any) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO artifacts VALUES (?,?,?)", (run_id, name, json.dumps(value)))
+
+    def get_artifact(self, run_id: str, name: str) -> Any | None:
+        row = self._db.execute("SELECT value FROM artifacts WHERE run_id=? AND name=?", (run_id, name)).fetchone()
+        return None if row is None else json.loads(row["value"])
+
+    def parts(self, run_id: str) -> list[str]:
+        return [r["part"] for r in self._db.execute("SELECT DISTINCT part FROM batches WHERE run_id=?", (run_id,))]
 
 
 def _to_run(row: sqlite3.Row) -> Run:

@@ -1,0 +1,70 @@
+"""Adaptive by default: probe the model, then decide what the gradient attacks should see.
+
+Randomness -> EOT (Athalye et al. 2018) over ``eot_samples`` draws; non-differentiable modules -> BPDA
+with the identity as the backward pass; probability outputs -> attack their logarithm. The plan is a
+small JSON-able dict, stored with the run, so a resumed run attacks exactly the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from bastion.attacks.adaptive import eot
+from bastion.evaluate.diagnostics import (
+    Flag,
+    LogOfProbabilities,
+    check_gradients,
+    check_probabilities,
+    check_randomness,
+    find_nondifferentiable,
+    with_bpda,
+)
+from bastion.evaluate.runner import Adaptation
+from bastion.threat import LpThreat
+
+
+def probe(model: nn.Module, x: Tensor, y: Tensor, threat: LpThreat, *, eot_samples: int = 20
+          ) -> tuple[dict[str, Any], list[Flag]]:
+    """Run the probe diagnostics on a few points; return the adaptation plan and the flags."""
+    scale = float(threat.eps_for(x[:1])[0]) if threat.norm == "linf" else 0.1
+    scale = max(scale, 0.05)
+    flags = [check_randomness(model, x), check_probabilities(model, x)]
+    flags += check_gradients(model, x, y, scale)
+    nondiff = find_nondifferentiable(model, x, scale)
+    flags.append(Flag("non_differentiable_modules", bool(nondiff),
+                      f"modules whose output moves with the input but pass back no gradient: {nondiff}" if nondiff
+                      else "every module passes gradients", {"modules": nondiff}))
+    fired = {f.name for f in flags if f.fired}
+    plan = {
+        "eot_samples": eot_samples if "randomness" in fired else None,
+        "bpda_modules": nondiff,
+        "log_probabilities": "probability_outputs" in fired,
+    }
+    return plan, flags
+
+
+def plan_notes(plan: dict[str, Any]) -> list[str]:
+    notes = []
+    if plan.get("bpda_modules"):
+        notes.append(f"BPDA (identity backward) through {plan['bpda_modules']}: they block gradients")
+    if plan.get("eot_samples"):
+        notes.append(f"EOT over {plan['eot_samples']} draws per gradient: the model is randomized")
+    if plan.get("log_probabilities"):
+        notes.append("attacks use log-probabilities: the model outputs probabilities")
+    return notes
+
+
+def build_adaptation(model: nn.Module, plan: dict[str, Any]) -> Adaptation:
+    """Turn a stored plan into what the attacks see (the re-check still uses the model itself)."""
+    surrogate: nn.Module | None = None
+    if plan.get("bpda_modules"):
+        surrogate = with_bpda(model, list(plan["bpda_modules"]))
+    if plan.get("log_probabilities"):
+        surrogate = LogOfProbabilities(surrogate or model)
+    samples = plan.get("eot_samples")
+    wrap = (lambda counted: eot(counted, samples)) if samples else None
+    return Adaptation(surrogate=surrogate, wrap=wrap, notes=tuple(plan_notes(plan)))
+
+

@@ -1,0 +1,42 @@
+"""Outcome diagnostics that need attacks: single-step vs iterative, unbounded eps, monotonicity in eps.
+
+They run on the first few points of the run (the probe points) with the same adaptation as the suite.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from bastion.evaluate.config import EvalConfig
+from bastion.evaluate.diagnostics import Flag, box_covering_eps, check_monotone, check_single_step, check_unbounded
+from bastion.evaluate.runner import Adaptation, run_attack
+from bastion.threat import LpThreat
+
+if TYPE_CHECKING:
+    from bastion.evaluate.job import Setup
+
+EPS_MULTIPLES = (0.25, 0.5, 1.0, 2.0)
+
+
+def outcome_checks(setup: Setup, adapt: Adaptation, config: EvalConfig, points: int) -> list[Flag]:
+    x, y = setup.points.x[:points], setup.points.y[:points]
+    threat = setup.threat
+    iters = 50 if config.suite == "fast" else 100
+
+    def robust(eps: float, attack: str = "apgd", **params: object) -> torch.Tensor:
+        t = LpThreat(threat.norm, eps, lower=threat.lower, upper=threat.upper, mask=threat.mask)
+        return run_attack(setup.model, x, y, t, attack, adapt=adapt,
+                          generator=torch.Generator().manual_seed(config.seed), **params).robust
+
+    base = float(threat.eps) if not isinstance(threat.eps, torch.Tensor) else float(threat.eps.max())
+    curve = [robust(m * base, n_iter=iters) for m in EPS_MULTIPLES]
+    flags = [check_monotone([m * base for m in EPS_MULTIPLES], [float(r.float().mean()) for r in curve], len(y))]
+    if threat.norm in ("linf", "l2"):
+        at_eps = curve[EPS_MULTIPLES.index(1.0)]
+        single = robust(base, "fgsm")
+        flags.append(check_single_step(~at_eps, ~single))
+    big = box_covering_eps(threat.norm, tuple(x.shape[1:]), threat.lower, threat.upper)
+    flags.append(check_unbounded(float(robust(big, n_iter=iters).float().mean()), big, 1.0 / setup.num_classes))
+    return flags

@@ -1,0 +1,98 @@
+"""The summary of a run, computed from the stored per-sample rows (the numbers every report shows)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from bastion.evaluate.config import EvalConfig
+from bastion.evaluate.diagnostics import check_black_box
+from bastion.evaluate.store import Store
+from bastion.evaluate.suite import suite_stages
+
+SCHEMA = "bastion.summary/1"
+CURVE_POINTS = 41
+
+
+def _costs(rows: list[dict[str, Any]]) -> dict[str, int]:
+    return {"forward_passes": sum(r["forward"] for r in rows), "backward_passes": sum(r["backward"] for r in rows)}
+
+
+def _attack_summary(store: Store, run_id: str, part: str, n: int) -> dict[str, Any]:
+    rows = store.samples(run_id, part)
+    clean = sum(r["clean_correct"] for r in rows)
+    broken = sum(r["success"] for r in rows)
+    norms = [r["norm"] for r in rows if r["success"] and r["norm"] is not None]
+    totals = store.batch_totals(run_id, part)
+    return {
+        "attacked": len(rows), "broken": broken,
+        "clean_accuracy": clean / n if n else 0.0,
+        "robust_accuracy": (clean - broken) / n if n else 0.0,
+        "attack_success_rate": broken / clean if clean else 0.0,
+        "median_norm_of_successes": float(np.median(norms)) if norms else None,
+        **_costs(rows), "seconds": round(totals["seconds"], 3), "outside_threat": totals["outside_threat"],
+    }
+
+
+def curve(rows: list[dict[str, Any]], eps_max: float) -> dict[str, list[float]]:
+    """Robust accuracy vs eps from the smallest known adversarial norm of each point."""
+    grid = np.linspace(0.0, eps_max, CURVE_POINTS)
+    norms = np.array([np.inf if r["norm"] is None else r["norm"] for r in rows])
+    correct = np.array([bool(r["clean_correct"]) for r in rows])
+    acc = [float((correct & (norms > e)).mean()) if len(rows) else 0.0 for e in grid]
+    return {"eps": [float(e) for e in grid], "robust_accuracy": acc}
+
+
+def summarize(store: Store, run_id: str, config: EvalConfig, num_classes: int) -> dict[str, Any]:
+    if config.attack is not None:
+        rows = store.samples(run_id, config.attack)
+        s = _attack_summary(store, run_id, config.attack, len(rows))
+        n = len(rows)
+        return {"schema": SCHEMA, "mode": "attack", "n": n, **s,
+                "passes_per_point": (s["forward_passes"] + s["backward_passes"]) / max(n, 1),
+                "attack_seconds": s["seconds"]}
+    worst = store.samples(run_id, "worst")
+    n = len(worst)
+    clean = sum(r["clean_correct"] for r in worst)
+    broken = sum(r["success"] for r in worst)
+    stages = {}
+    first: dict[str, int] = {}
+    for stage in suite_stages(config.suite or "standard", config.norm):
+        if stage.part in store.parts(run_id):
+            stages[stage.part] = _attack_summary(store, run_id, stage.part, n) | {
+                "attack": stage.attack, "params": stage.params, "role": stage.role,
+                "peak_rss_mb": store.get_artifact(run_id, f"peak_rss_mb/{stage.part}")}
+    broken_by: dict[int, str] = {}
+    for part in stages:  # stage order: the first stage that broke a point gets the credit
+        for r in store.samples(run_id, part):
+            if r["success"] and r["idx"] not in broken_by:
+                broken_by[r["idx"]] = part
+    for part in stages:
+        first[part] = sum(1 for p in broken_by.values() if p == part)
+    flags = (store.get_artifact(run_id, "probe_flags") or []) + (store.get_artifact(run_id, "outcome_flags") or [])
+    if "square" in stages:
+        flags.append(check_black_box(first.get("square", 0)).to_dict())
+    from bastion.evaluate.adaptive import plan_notes
+
+    plan = store.get_artifact(run_id, "adaptation") or {}
+    fwd, bwd = sum(s["forward_passes"] for s in stages.values()), sum(s["backward_passes"] for s in stages.values())
+    return {
+        "schema": SCHEMA, "mode": "suite", "suite": config.suite, "n": n,
+        "clean_accuracy": clean / n if n else 0.0,
+        "robust_accuracy": (clean - broken) / n if n else 0.0,
+        "attack_success_rate": broken / clean if clean else 0.0,
+        "stages": stages, "first_broken_by": first,
+        "curve": curve(worst, 2 * config.eps if config.eps > 0 else 1.0),
+        "flags": flags, "flags_fired": [f["name"] for f in flags if f["fired"]],
+        "adaptation": plan, "adaptation_notes": plan_notes(plan),
+        "forward_passes": fwd, "backward_passes": bwd, "passes_per_point": (fwd + bwd) / max(n, 1),
+        "attack_seconds": round(sum(s["seconds"] for s in stages.values()), 3),
+        "outside_threat": sum(s["outside_threat"] for s in stages.values()),
+        "median_norm_of_successes": _median([r["norm"] for r in worst if r["success"] and r["norm"] is not None]),
+        "num_classes": num_classes,
+    }
+
+
+def _median(values: list[float]) -> float | None:
+    return float(np.median(values)) if values else None
