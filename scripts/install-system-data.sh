@@ -1,5 +1,5 @@
 #!/bin/sh
-# Debian data packages bastion uses (see shared/DATA.md). Installed only when missing and run as root;
+# Debian packages bastion uses: data (see shared/DATA.md). Installed only when missing and run as root;
 # otherwise prints the command to run. Idempotent.
 set -u
 if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
@@ -9,6 +9,16 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
       echo "warning: could not install dataset-fashion-mnist; Fashion-MNIST will be unavailable" >&2
   else
     echo "note: Fashion-MNIST is not installed; as root run: apt-get install -y dataset-fashion-mnist" >&2
+  fi
+fi
+# Debian's Chromium renders the HTML report in the report test (a real headless browser).
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get install -y -q chromium >/dev/null 2>&1 || \
+      { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null; } || \
+      echo "warning: could not install chromium; the HTML rendering test will be skipped" >&2
+  else
+    echo "note: chromium is not installed; as root run: apt-get install -y chromium" >&2
   fi
 fi
 exit 0

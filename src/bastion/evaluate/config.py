@@ -21,7 +21,8 @@ class EvalConfig(BaseModel):
     model: str = "mnist-cnn"
     dataset: str | None = None
     split: Literal["train", "val", "test"] = "test"
-    n: int = Field(1000, gt=0, description="number of points, taken from the start of the split")
+    n: int = Field(1000, gt=0, description="number of points, taken from the split starting at offset")
+    offset: int = Field(0, ge=0, description="index of the first point (sweeps shard a split this way)")
     norm: Literal["linf", "l2", "l1"] = "linf"
     eps: float = 0.3
     suite: Literal["fast", "standard", "thorough"] | None = "standard"

@@ -94,7 +94,13 @@ def prepare(config: EvalConfig) -> Setup:
         )
     threat = LpThreat(config.norm, config.eps, lower=data.spec.lower, upper=data.spec.upper)
     full = config.model_copy(update={"dataset": dataset})
-    return Setup(model, data.split(config.split).take(config.n), threat, full, data.spec.num_classes)
+    split = data.split(config.split)
+    if config.offset >= len(split):
+        raise InvalidInputError(
+            f"offset {config.offset} is past the end of the {config.split} split ({len(split)} points)."
+        )
+    points = Split(split.x[config.offset:config.offset + config.n], split.y[config.offset:config.offset + config.n])
+    return Setup(model, points, threat, full, data.spec.num_classes)
 
 
 def evaluate(

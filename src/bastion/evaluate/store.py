@@ -134,6 +134,31 @@ class Store:
         ).fetchone()
         return None if row is None else str(row["id"])
 
+    def find_finished(self, kind: str, key: str) -> str | None:
+        row = self._db.execute(
+            "SELECT id FROM runs WHERE kind=? AND key=? AND status='finished' ORDER BY created DESC LIMIT 1",
+            (kind, key),
+        ).fetchone()
+        return None if row is None else str(row["id"])
+
+    def export_run(self, run_id: str) -> dict[str, Any]:
+        """Everything recorded for a run, as plain data (to move a run between stores)."""
+        tables = {}
+        for table in ("runs", "samples", "batches", "artifacts"):
+            col = "id" if table == "runs" else "run_id"
+            tables[table] = [dict(r) for r in self._db.execute(f"SELECT * FROM {table} WHERE {col}=?", (run_id,))]
+        return tables
+
+    def import_run(self, data: dict[str, list[dict[str, Any]]]) -> str:
+        """Insert an exported run (replacing a run with the same id)."""
+        with self._tx() as db:
+            for table, rows in data.items():
+                for row in rows:
+                    cols = ", ".join(row)
+                    db.execute(f"INSERT OR REPLACE INTO {table} ({cols}) VALUES ({','.join('?' * len(row))})",
+                               tuple(row.values()))
+        return str(data["runs"][0]["id"])
+
     def finish_run(self, run_id: str, summary: dict[str, Any]) -> None:
         with self._tx() as db:
             db.execute("UPDATE runs SET status='finished', finished=?, summary=? WHERE id=?",

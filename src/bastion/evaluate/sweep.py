@@ -1,0 +1,180 @@
+"""Sweeps: many (model x threat x eps x data shard) evaluations, run on Dask distributed.
+
+A ``LocalCluster`` on 127.0.0.1 by default, or an existing scheduler (``tcp://HOST:PORT``). Each job runs
+the ordinary evaluation job in a worker against a private temporary store, and ships the finished run
+back; the client writes it into the results store as soon as it arrives. A job whose run is already
+finished in the store is skipped, so a killed sweep resumes without redoing finished jobs.
+
+Config (YAML)::
+
+    defaults: {suite: fast, n: 500, batch_size: 250, seed: 0}
+    models: [mnist-cnn, ccexam-mnist]
+    threats: [{norm: linf, eps: [0.1, 0.2, 0.3]}, {norm: l2, eps: 2.0}]
+    shards: 2          # split the n points of each job into this many jobs
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from bastion.errors import InvalidInputError
+from bastion.evaluate.config import EvalConfig
+from bastion.evaluate.job import KIND, evaluate
+from bastion.evaluate.store import Store
+
+
+class ThreatSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    norm: str
+    eps: float | list[float]
+
+
+class SweepConfig(BaseModel):
+    """A validated sweep description (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+    defaults: dict[str, Any] = Field(default_factory=dict)
+    models: list[str]
+    threats: list[ThreatSpec]
+    shards: int = Field(1, ge=1)
+
+    def jobs(self) -> list[EvalConfig]:
+        """One EvalConfig per (model, norm, eps, shard); validated up front so a typo fails before any work."""
+        out = []
+        n = int(self.defaults.get("n", 1000))
+        size = -(-n // self.shards)
+        for model in self.models:
+            for threat in self.threats:
+                for eps in threat.eps if isinstance(threat.eps, list) else [threat.eps]:
+                    for start in range(0, n, size):
+                        fields = self.defaults | {"model": model, "norm": threat.norm, "eps": eps,
+                                                  "offset": int(self.defaults.get("offset", 0)) + start,
+                                                  "n": min(size, n - start)}
+                        out.append(EvalConfig(**fields))
+        return out
+
+
+def load_sweep(path: str | Path) -> SweepConfig:
+    p = Path(path)
+    if not p.exists():
+        raise InvalidInputError(f"Sweep config {p} not found; pass a YAML file (see `bastion sweep --help`).")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise InvalidInputError(f"{p} is not valid YAML ({exc}).") from None
+    return SweepConfig(**(data or {}))
+
+
+def run_job(config: dict[str, Any]) -> dict[str, Any]:
+    """Worker side: evaluate one job into a private store and return the exported run."""
+    import torch
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store(Path(tmp) / "job.sqlite")
+        out = evaluate(EvalConfig(**config), store)
+        exported = store.export_run(out.run_id)
+        store.close()
+    return exported
+
+
+@dataclass(frozen=True)
+class JobDone:
+    config: EvalConfig
+    run_id: str
+    skipped: bool
+    summary: dict[str, Any]
+
+
+def _pending(jobs: list[EvalConfig], store: Store) -> Iterator[tuple[EvalConfig, str | None]]:
+    for job in jobs:
+        yield job, store.find_finished(KIND, _full_key(job))
+
+
+def _full_key(job: EvalConfig) -> str:
+    from bastion.evaluate.job import prepare
+
+    return prepare(job).config.key()
+
+
+def run_sweep(
+    sweep: SweepConfig,
+    store: Store,
+    *,
+    scheduler: str | None = None,
+    workers: int = 2,
+    on_done: Callable[[JobDone], None] | None = None,
+) -> list[JobDone]:
+    """Run every job not yet finished in ``store``; ``scheduler=None`` starts a LocalCluster on 127.0.0.1,
+    ``scheduler="sync"`` runs the jobs one after another in this process (no Dask)."""
+    jobs = sweep.jobs()
+    results: list[JobDone] = []
+    todo = []
+    for job, finished in _pending(jobs, store):
+        if finished:
+            done = JobDone(job, finished, True, store.get_run(finished).summary or {})
+            results.append(done)
+            if on_done:
+                on_done(done)
+        else:
+            todo.append(job)
+    for job, exported in _execute(todo, scheduler, workers):
+        run_id = store.import_run(exported)
+        done = JobDone(job, run_id, False, store.get_run(run_id).summary or {})
+        results.append(done)
+        if on_done:
+            on_done(done)
+    return results
+
+
+def _execute(todo: list[EvalConfig], scheduler: str | None, workers: int
+             ) -> Iterator[tuple[EvalConfig, dict[str, Any]]]:
+    if not todo:
+        return
+    if scheduler == "sync":
+        for job in todo:
+            yield job, run_job(job.model_dump(mode="json"))
+        return
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    cluster = None
+    if scheduler is None:
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address=None)
+    client = Client(cluster if cluster is not None else scheduler)
+    try:
+        futures = {client.submit(run_job, job.model_dump(mode="json"), pure=False): job for job in todo}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def aggregate(results: list[JobDone]) -> list[dict[str, Any]]:
+    """Combine shards: one row per (model, norm, eps) with point-weighted accuracies and summed costs."""
+    groups: dict[tuple[str, str, float], list[JobDone]] = {}
+    for r in results:
+        groups.setdefault((r.config.model, r.config.norm, r.config.eps), []).append(r)
+    rows = []
+    for (model, norm, eps), items in sorted(groups.items()):
+        n = sum(i.summary["n"] for i in items)
+        rows.append({
+            "model": model, "norm": norm, "eps": eps, "n": n, "shards": len(items),
+            "clean_accuracy": sum(i.summary["clean_accuracy"] * i.summary["n"] for i in items) / n,
+            "robust_accuracy": sum(i.summary["robust_accuracy"] * i.summary["n"] for i in items) / n,
+            "forward_passes": sum(i.summary["forward_passes"] for i in items),
+            "backward_passes": sum(i.summary["backward_passes"] for i in items),
+            "attack_seconds": sum(i.summary["attack_seconds"] for i in items),
+            "flags": sorted({f for i in items for f in i.summary.get("flags_fired", [])}),
+            "runs": [i.run_id for i in items],
+        })
+    return rows
