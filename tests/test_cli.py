@@ -86,3 +86,16 @@ def test_bad_input_exits_2_with_one_clear_line(args: tuple[str, ...], message: s
     assert code == 2, out
     assert message in " ".join(out.split())
     assert "Traceback" not in out
+
+
+def test_attack_a_remote_endpoint_over_http(digits_model, tmp_path: Path) -> None:  # noqa: ANN001
+    from bastion.blackbox.http import serve_model
+
+    with serve_model(digits_model, mode="scores") as server:
+        code, out = invoke("attack", "square", "--target", server.url, "--dataset", "digits", "--n", "10",
+                           "--eps", "0.2", "--max-queries", "200", "--store", str(tmp_path / "s.sqlite"))
+        assert code == 0, out
+        assert server.queries <= 10 * (200 + 2)  # budget per point, plus the runner's clean check and probe
+        code, out = invoke("attack", "pgd", "--target", server.url, "--dataset", "digits", "--eps", "0.2",
+                           "--store", str(tmp_path / "s.sqlite"))
+        assert code == 2 and "score- or decision-based" in " ".join(out.split())

@@ -69,6 +69,9 @@ def evaluate_cmd(
 def attack_cmd(
     name: str = typer.Argument(..., help="attack name (bastion attacks list)"),
     model: str = typer.Option("mnist-cnn", help="zoo model name or checkpoint path"),
+    target: str | None = typer.Option(None, help="remote black-box endpoint URL (JSON protocol, see README) "
+                                                 "instead of --model; needs --dataset"),
+    max_queries: int | None = typer.Option(None, help="hard per-point query budget"),
     dataset: str | None = typer.Option(None),
     split: str = typer.Option("test"),
     n: int = typer.Option(1000),
@@ -99,8 +102,8 @@ def attack_cmd(
             params[key] = json.loads(value)
         except json.JSONDecodeError:
             params[key] = value
-    config = EvalConfig(model=model, dataset=dataset, split=split, n=n, norm=norm, eps=eps, suite=None,
-                        attack=name, params=params, batch_size=batch_size, seed=seed)
+    config = EvalConfig(model=target or model, dataset=dataset, split=split, n=n, norm=norm, eps=eps, suite=None,
+                        attack=name, params=params, batch_size=batch_size, seed=seed, max_queries=max_queries)
     _run_evaluation(config, store, fresh)
 
 

@@ -29,6 +29,7 @@ class EvalConfig(BaseModel):
     attack: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     eot_samples: int = Field(20, gt=0, description="draws per gradient when the model is randomized")
+    max_queries: int | None = Field(None, gt=0, description="hard per-point query budget (black-box attacks)")
     targeted: bool = False
     batch_size: int = Field(500, gt=0)
     seed: int = 0

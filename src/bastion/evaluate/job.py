@@ -83,7 +83,12 @@ class Setup:
 
 
 def prepare(config: EvalConfig) -> Setup:
-    """Load model and data, check they fit, build the threat model; ``config.dataset`` filled in."""
+    """Load model and data, check they fit, build the threat model; ``config.dataset`` filled in.
+
+    A model given as an ``http(s)://`` URL is a remote black-box endpoint (``bastion.blackbox.http``).
+    """
+    if config.model.startswith(("http://", "https://")):
+        return _prepare_remote(config)
     model, meta = load_model(config.model)
     dataset = config.dataset or meta.dataset
     data = load_dataset(dataset, seed=config.seed)
@@ -101,6 +106,24 @@ def prepare(config: EvalConfig) -> Setup:
         )
     points = Split(split.x[config.offset:config.offset + config.n], split.y[config.offset:config.offset + config.n])
     return Setup(model, points, threat, full, data.spec.num_classes)
+
+
+def _prepare_remote(config: EvalConfig) -> Setup:
+    from bastion.attacks import get_attack
+    from bastion.blackbox.http import RemoteModel
+
+    if config.dataset is None:
+        raise InvalidInputError("A remote target needs --dataset: bastion cannot ask the endpoint what data it takes.")
+    if config.attack is None or get_attack(config.attack).access == "white-box":
+        raise InvalidInputError(
+            "A remote target answers scores or labels only, so gradient attacks and the white-box suite cannot run; "
+            "use a score- or decision-based attack: square, nes, spsa, zoo, hopskipjump, boundary."
+        )
+    data = load_dataset(config.dataset, seed=config.seed)
+    threat = LpThreat(config.norm, config.eps, lower=data.spec.lower, upper=data.spec.upper)
+    split = data.split(config.split)
+    points = Split(split.x[config.offset:config.offset + config.n], split.y[config.offset:config.offset + config.n])
+    return Setup(RemoteModel(config.model).eval(), points, threat, config, data.spec.num_classes)
 
 
 def evaluate(
@@ -159,7 +182,8 @@ def _batch(store: Store, run_id: str, setup: Setup, plan: dict[str, Any], b: int
     generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + b)
     t0 = time.perf_counter()
     if cfg.attack is not None:
-        result = run_attack(setup.model, x, y, setup.threat, cfg.attack, generator=generator, **cfg.params)
+        result = run_attack(setup.model, x, y, setup.threat, cfg.attack, generator=generator,
+                            max_queries=cfg.max_queries, **cfg.params)
         store.record_batch(run_id, cfg.attack, b, start, stop, time.perf_counter() - t0,
                            _rows(result, y, list(range(start, stop))), result.outside_threat)
         return int(result.success.sum())
