@@ -87,3 +87,37 @@ def test_bad_input_gets_one_clear_error(digits_model: nn.Module, digits_points, 
 def test_attack_norm_mismatch(digits_model: nn.Module, digits_points) -> None:
     with pytest.raises(InvalidInputError, match="supports norms"):
         run_attack(digits_model, *digits_points, LpThreat("l1", 1.0), "fgsm")
+
+
+class _Rejector(nn.Module):
+    """A detector-defended toy: rejects (extra logit wins) whenever the input's mean exceeds 0.45."""
+
+    reject_class = 10
+
+    def __init__(self, base: nn.Module) -> None:
+        super().__init__()
+        self.base = base
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.base(x)
+        flag = (x.flatten(1).mean(1, keepdim=True) > 0.45).float() * 1e4
+        return torch.cat([logits, flag], 1)
+
+
+def test_rejection_aware_accounting(digits_model: nn.Module, digits_points) -> None:
+    x, y = digits_points
+    defended = _Rejector(digits_model).eval()
+
+    def brighten(model, inputs, labels, threat, *, targeted=False, generator=None):
+        return (inputs + 1.0).clamp(0, 1)  # fires the detector on every point
+
+    spec = AttackSpec("brighten", brighten, ("linf",), "budget", "white-box", "none")
+    result = run_attack(defended, x, y, LpThreat("linf", 1.0), spec)
+    assert (result.adv_pred[result.clean_correct] == 10).all()
+    assert not result.success.any()  # misclassified but rejected: not a success
+    assert result.robust_accuracy == result.clean_accuracy
+    # A clean input that is rejected counts as misclassified (a false rejection).
+    bright = x.clone()
+    bright[:5] = (bright[:5] + 0.6).clamp(0, 1)
+    rejected = run_attack(defended, bright, y, LpThreat("linf", 0.0), "fgsm")
+    assert not rejected.clean_correct[:5].any()

@@ -65,6 +65,16 @@ class AttackResult:
         return float(self.robust.float().mean())
 
 
+def reject_class(model: nn.Module) -> int | None:
+    """The output index a detector-defended model uses for "rejected" (attribute ``reject_class``), if any.
+
+    Such a model returns ``num_classes + 1`` logits; the last one wins when the detector fires. A rejected
+    clean input counts as misclassified (false rejection); a rejected adversarial example is a failed attack.
+    """
+    value = getattr(model, "reject_class", None)
+    return int(value) if value is not None else None
+
+
 def run_attack(
     model: nn.Module,
     inputs: Tensor,
@@ -148,6 +158,9 @@ def _recheck(
     with torch.no_grad():
         adv_pred = model(adversarial).argmax(1)
     hit = adv_pred != labels if targets is None else adv_pred == targets
+    reject = reject_class(model)
+    if reject is not None:  # a rejected example is not a successful attack
+        hit &= adv_pred != reject
     found = attacked & hit
     norm = torch.where(found, threat.norm_of(adversarial - inputs), torch.full_like(inside, float("inf"),
                                                                                         dtype=inputs.dtype))
