@@ -1,6 +1,10 @@
 """Attacks: one algorithm per module, each registered in ``ATTACKS`` with its metadata."""
 
-from bastion.attacks import fgsm, pgd  # noqa: F401  (import registers)
+from bastion.attacks import apgd, cw, deepfool, fgsm, fmn, pgd  # noqa: F401  (import registers)
+from bastion.attacks.adaptive import bpda, eot
 from bastion.attacks.base import ATTACKS, AttackSpec, get_attack, register_attack
 
-__all__ = ["ATTACKS", "AttackSpec", "get_attack", "register_attack"]
+# isort: split
+from bastion.attacks import boundary, hopskipjump, mi_fgsm, nes, spsa, square, zoo  # noqa: F401  (black-box)
+
+__all__ = ["ATTACKS", "AttackSpec", "bpda", "eot", "get_attack", "register_attack"]

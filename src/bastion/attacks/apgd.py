@@ -1,0 +1,377 @@
+"""Auto-PGD (APGD): CE and DLR losses, untargeted (``apgd``) and targeted over the top-k classes (``apgd-t``).
+
+Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an ensemble of diverse
+parameter-free attacks", ICML (Algorithm 1). Step size starts at 2 * eps and is halved at the
+checkpoints w_j = ceil(p_j * n_iter), p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06),
+when (1) the loss rose in fewer than rho = 0.75 of the steps since the last checkpoint, or (2) the
+step was not reduced at the last checkpoint and the best loss has not improved since; the iterate
+then restarts from the best point. Steps use momentum alpha = 0.75.
+
+L1 follows Croce & Hein 2021, "Mind the box: l1-APGD for sparse adversarial attacks on image
+classifiers", ICML: a sparse step on the top-k coordinates of the gradient (k starts at 20 % of
+the features), the exact projection onto the L1 ball intersected with the box, initial step eps,
+and at each checkpoint the adaptive-sparsity rule: k becomes ||x_best - x||_0 / 1.5; the step size
+is reset to eps where that sparsity shrank by more than 5 % and divided by 1.5 otherwise (never
+below eps / 10).
+
+Per-sample early stopping: a point leaves the working batch as soon as it is adversarial; restarts
+and further target classes run only on points not yet broken; unbroken points get the iterate
+with the highest loss (best-so-far). DLR needs at least 3 classes (4 for the targeted form); with
+fewer the C&W margin is used instead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+
+import torch
+from torch import Tensor, nn
+
+from bastion.attacks.base import register_attack
+from bastion.attacks.losses import cross_entropy, dlr, is_adversarial, margin
+from bastion.oracle import attribute
+from bastion.threat import LpThreat
+
+PAPER = (
+    "Croce & Hein 2020, Reliable evaluation of adversarial robustness with an ensemble of diverse "
+    "parameter-free attacks"
+)
+LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]  # (logits, labels, targets) -> per-sample loss
+
+
+def checkpoints(n_iter: int) -> set[int]:
+    """Iterations w_j = ceil(p_j * n_iter) (j >= 1) at which the step size may be halved."""
+    p = [0.0, 0.22]
+    while p[-1] + max(p[-1] - p[-2] - 0.03, 0.06) <= 1.0:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    return {math.ceil(q * n_iter - 1e-9) for q in p[1:]}
+
+
+def _view(v: Tensor, like: Tensor) -> Tensor:
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+# ----------------------------------------------------------------------------------------------- losses
+def _make_loss(name: str, targeted: bool, top_k_targets: bool) -> LossFn:
+    """The loss APGD ascends. ``top_k_targets``: ``labels`` are true labels, ``targets`` APGD-T's targets."""
+    if name not in ("ce", "dlr"):
+        raise ValueError(f"Unknown APGD loss {name!r}; use 'ce' or 'dlr'.")
+
+    def loss(logits: Tensor, labels: Tensor, targets: Tensor) -> Tensor:
+        classes = logits.shape[1]
+        if top_k_targets:  # targeted DLR towards `targets`, success = leaving `labels`
+            if classes < 4:
+                return margin(logits, targets, True) - margin(logits, labels, True)
+            return dlr(logits, labels, True, target_ranks=targets)
+        if name == "ce":
+            return cross_entropy(logits, labels, targeted)
+        if not targeted:
+            return dlr(logits, labels) if classes >= 3 else margin(logits, labels)
+        if classes < 4:
+            return margin(logits, labels, True)
+        best_other = logits.detach().scatter(1, labels[:, None], float("-inf")).argmax(1)
+        return dlr(logits, best_other, True, target_ranks=labels)
+
+    return loss
+
+
+# ------------------------------------------------------------------------------------------------ steps
+def project_l1_box(delta: Tensor, inputs: Tensor, eps: Tensor, lower: float, upper: float,
+                   frozen: Tensor | None = None, iters: int = 40) -> Tensor:
+    """Exact Euclidean projection of ``delta`` onto {||d||_1 <= eps, lower <= inputs + d <= upper}.
+
+    Coordinate-wise the solution is sign(delta) * clip(|delta| - lam, 0, room); lam >= 0 is found by
+    bisection so that the L1 norm is at most eps (Croce & Hein 2021 solve the same problem by sorting).
+    """
+    flat, x = delta.flatten(1), inputs.flatten(1)
+    room = torch.where(flat > 0, upper - x, x - lower).clamp_min(0)
+    if frozen is not None:
+        room = room.masked_fill(frozen.flatten(1), 0.0)
+    mag = flat.abs()
+
+    def shrunk(lam: Tensor) -> Tensor:
+        return torch.minimum((mag - lam[:, None]).clamp_min(0), room)
+
+    lo = torch.zeros_like(eps)
+    hi = torch.where(shrunk(lo).sum(1) > eps, mag.amax(1), lo)
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        over = shrunk(mid).sum(1) > eps
+        lo, hi = torch.where(over, mid, lo), torch.where(over, hi, mid)
+    return (flat.sign() * shrunk(hi)).view_as(delta)
+
+
+def _l1_step(grad: Tensor, x_adv: Tensor, step: Tensor, topk: Tensor, lower: float, upper: float) -> Tensor:
+    """Move the top-``topk`` fraction of coordinates (by |grad|) with equal magnitude, L1 length ``step``."""
+    flat, xf = grad.flatten(1), x_adv.flatten(1)
+    blocked = ((xf >= upper) & (flat > 0)) | ((xf <= lower) & (flat < 0))
+    mag = flat.abs().masked_fill(blocked, 0.0)
+    d = flat.shape[1]
+    rank = ((1.0 - topk) * d).long().clamp(0, d - 1)
+    threshold = mag.sort(1).values.gather(1, rank[:, None])
+    chosen = (mag >= threshold) & (mag > 0)
+    direction = flat.sign() * chosen
+    count = chosen.sum(1).clamp_min(1).to(grad.dtype)
+    return (direction * (step / count)[:, None]).view_as(grad)
+
+
+# ------------------------------------------------------------------------------------------------ state
+@dataclass(frozen=True)
+class _State:
+    """Everything per point of the working batch; ``take`` keeps the rows still being attacked."""
+
+    pos: Tensor  # position in the run's batch
+    x: Tensor
+    y: Tensor
+    targets: Tensor
+    eps: Tensor
+    x_cur: Tensor
+    x_prev: Tensor
+    grad: Tensor
+    f_cur: Tensor
+    x_best: Tensor
+    g_best: Tensor
+    f_best: Tensor
+    step: Tensor
+    rises: Tensor  # loss increases since the last checkpoint
+    f_best_last: Tensor  # best loss at the last checkpoint
+    reduced_last: Tensor  # was the step reduced at the last checkpoint
+    topk: Tensor  # L1 only: fraction of coordinates moved
+    sparsity_old: Tensor  # L1 only
+
+    def take(self, keep: Tensor) -> _State:
+        return replace(self, **{f.name: getattr(self, f.name)[keep] for f in fields(self)})
+
+
+def _evaluate(model: nn.Module, x_adv: Tensor, s: _State, index: Tensor, loss_fn: LossFn,
+              ) -> tuple[Tensor, Tensor, Tensor]:
+    """One forward and one backward pass: (loss, gradient, logits), model grads untouched."""
+    x_adv = x_adv.detach().requires_grad_(True)
+    with attribute(model, index[s.pos]):
+        logits = model(x_adv)
+    values = loss_fn(logits, s.y, s.targets)
+    (grad,) = torch.autograd.grad(values.sum(), x_adv)
+    return values.detach(), grad.detach(), logits.detach()
+
+
+@dataclass(frozen=True)
+class _Config:
+    threat: LpThreat
+    n_iter: int
+    rho: float
+    momentum: float
+    step_factor: float
+    targeted: bool
+
+
+def _project(s: _State, point: Tensor, cfg: _Config) -> Tensor:
+    t = cfg.threat
+    if t.norm != "l1":
+        # Per-sample eps of the working rows (the threat's own eps may be longer than the working batch).
+        return replace(t, eps=s.eps).project(point, s.x)
+    frozen = None if t.mask is None else ~t.mask.to(device=s.x.device, dtype=torch.bool).expand_as(s.x)
+    return s.x + project_l1_box(point - s.x, s.x, s.eps, t.lower, t.upper, frozen)
+
+
+def _move(s: _State, cfg: _Config, first: bool) -> Tensor:
+    """z = P(x + step * dir); x_new = P(x + a (z - x) + (1 - a)(x - x_prev)), a = 1 on the first step."""
+    t = cfg.threat
+    if t.norm == "linf":
+        raw = s.grad.sign() * _view(s.step, s.grad)
+    elif t.norm == "l2":
+        raw = s.grad * _view(s.step / s.grad.flatten(1).norm(dim=1).clamp_min(1e-12), s.grad)
+    else:
+        raw = _l1_step(s.grad, s.x_cur, s.step, s.topk, t.lower, t.upper)
+    z = _project(s, s.x_cur + raw, cfg)
+    a = 1.0 if first else cfg.momentum
+    return _project(s, s.x_cur + a * (z - s.x_cur) + (1 - a) * (s.x_cur - s.x_prev), cfg)
+
+
+def _checkpoint(s: _State, cfg: _Config, period: int) -> _State:
+    """Conditions 1 and 2 of the paper; restart from the best point where either holds."""
+    cond1 = s.rises < cfg.rho * period
+    cond2 = ~s.reduced_last & (s.f_best <= s.f_best_last)
+    restart = cond1 | cond2
+    step, topk, sparsity = s.step.clone(), s.topk, s.sparsity_old
+    if cfg.threat.norm == "l1":
+        d = s.x[0].numel()
+        sparsity = (s.x_best - s.x).flatten(1).ne(0).sum(1).to(s.step.dtype)
+        shrank = sparsity / s.sparsity_old < 0.95
+        topk = (sparsity / d / 1.5).clamp(min=1.0 / d, max=1.0)
+        base = cfg.step_factor * s.eps
+        step = torch.where(shrank, base, step / 1.5)
+        step = torch.minimum(torch.maximum(step, base / 10), base)
+    else:
+        step = torch.where(restart, step / 2, step)
+    r = _view(restart, s.x)
+    return replace(
+        s, step=step, topk=topk, sparsity_old=sparsity, rises=torch.zeros_like(s.rises),
+        x_cur=torch.where(r, s.x_best, s.x_cur), grad=torch.where(r, s.g_best, s.grad),
+        f_cur=torch.where(restart, s.f_best, s.f_cur), f_best_last=s.f_best.clone(), reduced_last=restart,
+    )
+
+
+def _run(model: nn.Module, x: Tensor, y: Tensor, targets: Tensor, threat: LpThreat, index: Tensor,
+         loss_fn: LossFn, cfg: _Config, random_init: bool, topk_init: float,
+         generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
+    """One APGD run from one start. Returns (best point, its loss, broken mask) per point."""
+    n = x.shape[0]
+    eps = threat.eps_for(x)
+    start = threat.random_start(x, generator) if random_init else x.clone()
+    ones = torch.ones(n, device=x.device, dtype=x.dtype)
+    s = _State(
+        pos=torch.arange(n, device=x.device), x=x, y=y, targets=targets, eps=eps, x_cur=start, x_prev=start,
+        grad=torch.zeros_like(x), f_cur=ones, x_best=start, g_best=torch.zeros_like(x), f_best=ones,
+        step=cfg.step_factor * eps, rises=torch.zeros(n, device=x.device), f_best_last=ones,
+        reduced_last=torch.zeros(n, dtype=torch.bool, device=x.device), topk=topk_init * ones,
+        sparsity_old=x[0].numel() * ones,
+    )
+    out, out_loss = start.clone(), torch.full((n,), float("-inf"), device=x.device, dtype=x.dtype)
+    broken = torch.zeros(n, dtype=torch.bool, device=x.device)
+    marks, last_mark = checkpoints(cfg.n_iter), 0
+    for k in range(cfg.n_iter + 1):
+        if k > 0:
+            new = _move(s, cfg, first=(k == 1))
+            s = replace(s, x_prev=s.x_cur, x_cur=new)
+        values, grad, logits = _evaluate(model, s.x_cur, s, index, loss_fn)
+        better = values > s.f_best if k > 0 else torch.ones_like(values, dtype=torch.bool)
+        b = _view(better, s.x)
+        s = replace(
+            s, rises=s.rises + ((values > s.f_cur) & (k > 0)).to(s.rises.dtype), f_cur=values, grad=grad,
+            x_best=torch.where(b, s.x_cur, s.x_best), g_best=torch.where(b, grad, s.g_best),
+            f_best=torch.where(better, values, s.f_best),
+        )
+        if k == 0:
+            s = replace(s, f_best_last=values.clone())
+        hit = is_adversarial(logits, s.y, cfg.targeted)
+        out[s.pos] = torch.where(_view(hit, s.x), s.x_cur, s.x_best)
+        out_loss[s.pos] = torch.where(hit, float("inf"), s.f_best)
+        broken[s.pos[hit]] = True
+        if hit.all() or k == cfg.n_iter:
+            break
+        if hit.any():
+            s = s.take(~hit)
+        if k in marks:
+            s, last_mark = _checkpoint(s, cfg, k - last_mark), k
+    return out, out_loss, broken
+
+
+# ----------------------------------------------------------------------------------------------- driver
+def _attack(model: nn.Module, inputs: Tensor, labels: Tensor, targets: Tensor, threat: LpThreat,
+            remaining: Tensor, best: Tensor, best_loss: Tensor, *, loss_fn: LossFn, cfg: _Config,
+            restarts: int, random_init: bool, topk_init: float,
+            generator: torch.Generator | None) -> Tensor:
+    """Restarts on the points in ``remaining``; updates ``best``/``best_loss``; returns those unbroken."""
+    for _ in range(restarts):
+        if remaining.numel() == 0:
+            break
+        sub = threat.select(remaining)
+        adv, value, broken = _run(
+            model, inputs[remaining], labels[remaining], targets[remaining], sub, remaining,
+            loss_fn, replace(cfg, threat=sub), random_init, topk_init, generator,
+        )
+        better = value > best_loss[remaining]
+        best[remaining[better]] = adv[better]
+        best_loss[remaining[better]] = value[better]
+        remaining = remaining[~broken]
+    return remaining
+
+
+def _check(n_iter: int, restarts: int) -> None:
+    if n_iter < 1 or restarts < 1:
+        raise ValueError("n_iter and restarts must be at least 1")
+
+
+def _config(threat: LpThreat, n_iter: int, rho: float, momentum: float, initial_step: float | None,
+            targeted: bool) -> _Config:
+    factor = initial_step if initial_step is not None else (1.0 if threat.norm == "l1" else 2.0)
+    return _Config(threat, n_iter, rho, momentum, factor, targeted)
+
+
+@register_attack("apgd", norms=("linf", "l2", "l1"), goal="budget", paper=PAPER, randomized=True)
+def apgd(
+    model: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    threat: LpThreat,
+    *,
+    targeted: bool = False,
+    loss: str = "ce",
+    n_iter: int = 100,
+    restarts: int = 1,
+    rho: float = 0.75,
+    momentum: float = 0.75,
+    initial_step: float | None = None,
+    l1_topk: float = 0.2,
+    random_init: bool = True,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """APGD-CE (``loss="ce"``) or APGD-DLR (``loss="dlr"``).
+
+    ``initial_step`` is a multiple of eps (2 for L-inf/L2, 1 for L1 by default). With ``targeted=True``
+    ``labels`` are the targets; the targeted DLR then compares the target with the best other class.
+    Costs at most ``restarts * (n_iter + 1)`` forward and backward passes per point.
+    """
+    _check(n_iter, restarts)
+    cfg = _config(threat, n_iter, rho, momentum, initial_step, targeted)
+    best = inputs.detach().clone()
+    best_loss = torch.full((inputs.shape[0],), float("-inf"), device=inputs.device, dtype=inputs.dtype)
+    remaining = torch.arange(inputs.shape[0], device=inputs.device)
+    _attack(model, inputs.detach(), labels, labels, threat, remaining, best, best_loss,
+            loss_fn=_make_loss(loss, targeted, False), cfg=cfg, restarts=restarts,
+            random_init=random_init, topk_init=l1_topk, generator=generator)
+    return best.detach()
+
+
+@register_attack(
+    "apgd-t", norms=("linf", "l2", "l1"), goal="budget", paper=PAPER + " (APGD-T)", randomized=True,
+)
+def apgd_targeted(
+    model: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    threat: LpThreat,
+    *,
+    targeted: bool = False,
+    n_target_classes: int = 9,
+    n_iter: int = 100,
+    restarts: int = 1,
+    rho: float = 0.75,
+    momentum: float = 0.75,
+    initial_step: float | None = None,
+    l1_topk: float = 0.2,
+    random_init: bool = True,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """APGD-T: targeted DLR towards each of the ``n_target_classes`` most likely wrong classes in turn.
+
+    ``labels`` are the TRUE labels (as in AutoAttack): success means leaving the true class, and the
+    targets are the classes ranked 2nd, 3rd, ... by the clean logits; each target runs only on the
+    points no earlier target broke. With ``targeted=True`` ``labels`` are instead the targets, and one
+    targeted-DLR run towards them is made (the best other class stands in for the true one).
+    """
+    _check(n_iter, restarts)
+    cfg = _config(threat, n_iter, rho, momentum, initial_step, targeted)
+    x = inputs.detach()
+    best = x.clone()
+    best_loss = torch.full((x.shape[0],), float("-inf"), device=x.device, dtype=x.dtype)
+    remaining = torch.arange(x.shape[0], device=x.device)
+    common = {"cfg": cfg, "restarts": restarts, "random_init": random_init, "topk_init": l1_topk,
+              "generator": generator}
+    if targeted:
+        _attack(model, x, labels, labels, threat, remaining, best, best_loss,
+                loss_fn=_make_loss("dlr", True, False), **common)
+        return best.detach()
+    with torch.no_grad(), attribute(model, remaining):
+        ranking = model(x).argsort(1, descending=True)
+    loss_fn = _make_loss("dlr", False, True)
+    for rank in range(1, min(n_target_classes, ranking.shape[1] - 1) + 1):
+        targets = ranking[:, rank]
+        # Where the clean prediction is already wrong, rank 0 is a wrong class too; keep the true label out.
+        targets = torch.where(targets == labels, ranking[:, 0], targets)
+        remaining = _attack(model, x, labels, targets, threat, remaining, best, best_loss,
+                            loss_fn=loss_fn, **common)
+        best_loss[remaining] = float("-inf")  # losses of different targets are not comparable
+    return best.detach()

@@ -1,0 +1,116 @@
+"""APGD and APGD-T: closed form on linear models, a digits MLP, per-sample eps, early stopping."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bastion.attacks.apgd import apgd, apgd_targeted, checkpoints, project_l1_box
+from bastion.attacks.pgd import pgd
+from bastion.oracle import CountingModel
+from bastion.threat import LpThreat
+
+ATTACKS = {"apgd": apgd, "apgd-t": apgd_targeted, "apgd-dlr": lambda *a, **k: apgd(*a, loss="dlr", **k)}
+
+
+def _gen() -> torch.Generator:
+    return torch.Generator().manual_seed(0)
+
+
+def test_checkpoints_follow_the_paper() -> None:
+    assert sorted(checkpoints(100)) == [22, 41, 57, 70, 80, 87, 93, 99]
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_binary_linear_succeeds_exactly_above_the_closed_form(helpers, name: str, norm: str) -> None:
+    model, x = helpers.linear_model(2), helpers.linear_points()
+    y = model(x).argmax(1)
+    opt = helpers.minimal_norm(model, x, norm)
+    above = ATTACKS[name](model, x, y, LpThreat(norm, opt * 1.05, **helpers.BOX), generator=_gen())
+    below = ATTACKS[name](model, x, y, LpThreat(norm, opt * 0.95, **helpers.BOX), generator=_gen())
+    assert helpers.success(model, above, y).all()
+    assert not helpers.success(model, below, y).any()
+    assert LpThreat(norm, opt * 1.05, **helpers.BOX).contains(above, x).all()
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_targeted_dlr_finds_the_nearest_class_of_a_multiclass_linear_model(helpers, norm: str) -> None:
+    model, x = helpers.linear_model(5), helpers.linear_points()
+    y = model(x).argmax(1)
+    opt = helpers.minimal_norm(model, x, norm)
+    above = apgd_targeted(model, x, y, LpThreat(norm, opt * 1.05, **helpers.BOX), generator=_gen())
+    below = apgd_targeted(model, x, y, LpThreat(norm, opt * 0.95, **helpers.BOX), generator=_gen())
+    assert helpers.success(model, above, y).all()
+    assert not helpers.success(model, below, y).any()
+
+
+def test_at_least_as_strong_as_pgd_on_digits(digits_mlp, helpers) -> None:
+    model, x, y = digits_mlp
+    threat = LpThreat("linf", 0.2)
+    base = helpers.success(model, pgd(model, x, y, threat, steps=40, generator=_gen()), y).float().mean()
+    for fn in (apgd, apgd_targeted):
+        adv = fn(model, x, y, threat, generator=_gen())
+        assert threat.contains(adv, x).all()
+        assert helpers.success(model, adv, y).float().mean() >= base
+
+
+@pytest.mark.parametrize("norm,eps", [("l2", 1.0), ("l1", 4.0)])
+def test_other_norms_break_digits(digits_mlp, helpers, norm: str, eps: float) -> None:
+    model, x, y = digits_mlp
+    threat = LpThreat(norm, eps)
+    adv = apgd(model, x, y, threat, generator=_gen())
+    assert threat.contains(adv, x).all()
+    assert helpers.success(model, adv, y).float().mean() >= 0.9
+
+
+def test_targeted_with_given_targets(digits_mlp, helpers) -> None:
+    model, x, y = digits_mlp
+    targets = (y + 1) % 10
+    for kwargs in ({"loss": "ce"}, {"loss": "dlr"}):
+        adv = apgd(model, x, targets, LpThreat("linf", 0.3), targeted=True, generator=_gen(), **kwargs)
+        assert helpers.success(model, adv, targets, targeted=True).float().mean() >= 0.9
+    adv = apgd_targeted(model, x, targets, LpThreat("linf", 0.3), targeted=True, generator=_gen())
+    assert helpers.success(model, adv, targets, targeted=True).float().mean() >= 0.9
+
+
+def test_per_sample_eps_and_zero_eps(digits_mlp) -> None:
+    model, x, y = digits_mlp
+    eps = torch.linspace(0, 0.3, len(y))
+    threat = LpThreat("linf", eps)
+    adv = apgd(model, x, y, threat, generator=_gen())
+    assert threat.contains(adv, x).all()
+    assert torch.equal(adv[0], x[0])
+
+
+def test_broken_points_stop_and_restarts_spend_only_on_unbroken(digits_mlp, helpers) -> None:
+    model, x, y = digits_mlp
+    counting = CountingModel(model, len(y))
+    adv = apgd(counting, x, y, LpThreat("linf", 0.08), n_iter=20, restarts=3, generator=_gen())
+    broken = helpers.success(model, adv, y)
+    backward = counting.counts().backward
+    assert broken.any() and (~broken).any()
+    assert backward[~broken].eq(3 * 21).all()  # every restart ran in full
+    assert backward[broken].lt(3 * 21).all()
+
+
+def test_l1_box_projection_is_exact() -> None:
+    g = torch.Generator().manual_seed(0)
+    delta, x = torch.randn(4, 30, generator=g), torch.rand(4, 30, generator=g)
+    eps = torch.tensor([0.5, 1.0, 3.0, 100.0])
+    p = project_l1_box(delta, x, eps, 0.0, 1.0)
+    assert (p.abs().sum(1) <= eps * (1 + 1e-5)).all()
+    assert ((x + p) >= -1e-6).all() and ((x + p) <= 1 + 1e-6).all()
+    assert torch.allclose(p[3], (x[3] + delta[3]).clamp(0, 1) - x[3], atol=1e-6)  # ball inactive: box clip
+    # Optimality: no random feasible point is closer to delta.
+    for _ in range(20):
+        q = project_l1_box(p + 0.1 * torch.randn(4, 30, generator=g), x, eps, 0.0, 1.0)
+        assert ((q - delta).norm(dim=1) >= (p - delta).norm(dim=1) - 1e-5).all()
+
+
+def test_inputs_untouched_and_deterministic(digits_mlp) -> None:
+    model, x, y = digits_mlp
+    x0 = x.clone()
+    a = apgd_targeted(model, x, y, LpThreat("l1", 2.0), n_iter=10, generator=_gen())
+    b = apgd_targeted(model, x, y, LpThreat("l1", 2.0), n_iter=10, generator=_gen())
+    assert torch.equal(x, x0) and torch.equal(a, b)

@@ -1,0 +1,48 @@
+"""FMN: closed form on linear models and success on a digits MLP."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bastion.attacks.deepfool import deepfool
+from bastion.attacks.fmn import fmn
+from bastion.threat import LpThreat
+
+
+@pytest.mark.parametrize("classes", [2, 5])
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_linear_model_reaches_the_closed_form(helpers, classes: int, norm: str) -> None:
+    model, x = helpers.linear_model(classes), helpers.linear_points()
+    y = model(x).argmax(1)
+    adv = fmn(model, x, y, LpThreat(norm, 1.0, **helpers.BOX))
+    assert helpers.success(model, adv, y).all()
+    ratio = LpThreat(norm, 1.0).norm_of(adv - x) / helpers.minimal_norm(model, x, norm)
+    assert (ratio >= 0.999).all()
+    assert ratio.median() <= 1.01 and ratio.max() <= 1.1
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_breaks_every_digit(digits_mlp, helpers, norm: str) -> None:
+    model, x, y = digits_mlp
+    x0 = x.clone()
+    adv = fmn(model, x, y, LpThreat(norm, 1.0))
+    assert torch.equal(x, x0)
+    assert helpers.success(model, adv, y).float().mean() >= 0.95
+    assert adv.min() >= 0 and adv.max() <= 1
+
+
+def test_smaller_than_deepfool_on_digits(digits_mlp, helpers) -> None:
+    model, x, y = digits_mlp
+    threat = LpThreat("l2", 1.0)
+    a, b = fmn(model, x, y, threat), deepfool(model, x, y, threat)
+    both = helpers.success(model, a, y) & helpers.success(model, b, y)
+    assert both.float().mean() >= 0.95
+    assert (threat.norm_of(a - x) / threat.norm_of(b - x))[both].median() <= 1.01
+
+
+def test_targeted(digits_mlp, helpers) -> None:
+    model, x, y = digits_mlp
+    targets = (y + 5) % 10
+    adv = fmn(model, x, targets, LpThreat("linf", 1.0), targeted=True)
+    assert helpers.success(model, adv, targets, targeted=True).float().mean() >= 0.95
