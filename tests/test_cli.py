@@ -88,7 +88,7 @@ def test_bad_input_exits_2_with_one_clear_line(args: tuple[str, ...], message: s
     assert "Traceback" not in out
 
 
-def test_attack_a_remote_endpoint_over_http(digits_model, tmp_path: Path) -> None:  # noqa: ANN001
+def test_attack_a_remote_endpoint_over_http(digits_model, tmp_path: Path) -> None:
     from bastion.blackbox.http import serve_model
 
     with serve_model(digits_model, mode="scores") as server:

@@ -92,7 +92,7 @@ def test_cascade_never_calls_robust_a_point_any_stage_broke(digits_model: nn.Mod
     x, y = digits_points
     out = run_suite(digits_model, x, y, LpThreat("linf", 0.08), version="standard",
                     generator=torch.Generator().manual_seed(0))
-    assert [s.stage.part for s in out.stages][0] == "apgd-ce"
+    assert next(s.stage.part for s in out.stages) == "apgd-ce"
     for stage in out.stages:
         idx = stage.attacked.nonzero().flatten()
         broken_here = idx[stage.result.success]

@@ -34,7 +34,7 @@ def test_suite_job_summary_and_resume(digits_checkpoint: Path, tmp_path: Path) -
     class Killed(Exception):
         pass
 
-    def kill(p) -> None:  # noqa: ANN001
+    def kill(p) -> None:
         if p.done == 12 and not p.stage:
             raise Killed
 

@@ -80,3 +80,14 @@ def test_shipped_models_load_and_are_accurate() -> None:
 def test_ccexam_matches_its_reported_accuracy() -> None:
     model, _ = load_model("ccexam-mnist")
     assert accuracy(model, load_dataset("mnist").test) == pytest.approx(0.9905, abs=1e-4)
+
+
+def test_checkpoint_names_with_dots_keep_the_whole_name(digits_checkpoint: Path, tmp_path: Path) -> None:
+    from bastion.zoo import save_checkpoint
+
+    model, meta = load_model(str(digits_checkpoint))
+    save_checkpoint(model, tmp_path / "gauss-0.25", meta)
+    save_checkpoint(model, tmp_path / "gauss-0.5", meta)
+    assert {p.name for p in tmp_path.iterdir()} == {"gauss-0.25.safetensors", "gauss-0.25.json",
+                                                   "gauss-0.5.safetensors", "gauss-0.5.json"}
+    assert load_model(str(tmp_path / "gauss-0.25"))[1].arch == "cnn"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from bastion.cli import adv_train, data, evaluate, models, runs
+from bastion.cli import adv_train, certify, data, evaluate, models, runs, sweep
 
 app = typer.Typer(help="bastion: measure and improve the adversarial robustness of deep-learning models.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -21,6 +21,8 @@ app.command("adv-train")(adv_train.adv_train)
 app.command("evaluate")(evaluate.evaluate_cmd)
 app.command("attack")(evaluate.attack_cmd)
 app.command("report")(runs.report)
+app.command("sweep")(sweep.sweep_cmd)
+certify.register(app)  # certify, certify-train
 
 
 def main() -> None:

@@ -49,7 +49,13 @@ def report(run_id: str, store: Path | None = typer.Option(None),
 
     st = Store(store)
     run = st.get_run(run_id)
-    paths = write_reports(run, out or default_report_dir(st, run.id), st)
+    folder = out or default_report_dir(st, run.id)
+    if run.kind == "certify":
+        from bastion.certify.job import write_reports as write_certify_reports
+
+        console.print("\n".join(map(str, write_certify_reports(run, folder))), soft_wrap=True)
+        return
+    paths = write_reports(run, folder, st)
     console.print("\n".join(str(p) for p in paths.values()), soft_wrap=True)
 
 

@@ -16,6 +16,7 @@ from torch import nn
 from bastion.data.files import package_file
 from bastion.errors import CheckpointError
 from bastion.registry import Registry
+from bastion.zoo import certifiable  # noqa: F401  (registers crown-cnn, lipschitz-mlp)
 from bastion.zoo.architectures import ARCHITECTURES, Normalize, build_model
 from bastion.zoo.checkpoint import CheckpointMeta, load_checkpoint, read_meta, save_checkpoint
 
@@ -64,7 +65,7 @@ def load_model(name_or_path: str) -> tuple[nn.Module, CheckpointMeta]:
     if name_or_path in MODELS:
         return MODELS.get(name_or_path).load()
     p = Path(name_or_path)
-    if p.suffix in (".safetensors", ".json") or p.with_suffix(".json").exists():
+    if p.suffix in (".safetensors", ".json") or p.parent.joinpath(f"{p.name}.json").exists():
         return load_checkpoint(p)
     return MODELS.get(name_or_path).load()  # raises the unknown-name error with suggestions
 

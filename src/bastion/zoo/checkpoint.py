@@ -51,9 +51,10 @@ class CheckpointMeta:
 
 
 def _paths(path: str | Path) -> tuple[Path, Path]:
+    """``NAME.safetensors`` and ``NAME.json`` for a path given with either suffix or none (dots in NAME are kept)."""
     p = Path(path)
-    stem = p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
-    return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+    stem = p.parent / p.stem if p.suffix in (".safetensors", ".json") else p
+    return stem.parent / f"{stem.name}.safetensors", stem.parent / f"{stem.name}.json"
 
 
 def _sha256(path: Path) -> str:
