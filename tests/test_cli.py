@@ -40,7 +40,7 @@ def test_evaluate_records_a_run_and_writes_reports(digits_checkpoint: Path, tmp_
     assert report["schema"] == "bastion.report/2" and report["summary"]["n"] == 40
     assert report["summary"]["suite"] == "fast" and "apgd-ce" in report["summary"]["stages"]
     assert (run_dir / "report.html").read_text().startswith("<!doctype html>")
-    assert "| robust accuracy |" in (run_dir / "report.md").read_text()
+    assert "| **robust accuracy** |" in (run_dir / "report.md").read_text()
     code, out = invoke("runs", "list", "--store", db)
     assert code == 0 and run_dir.name[:10] in out
     code, out = invoke("runs", "show", run_dir.name, "--store", db)

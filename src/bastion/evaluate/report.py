@@ -77,10 +77,11 @@ def report_markdown(run: Run) -> str:
         lines += ["", "Checks that stayed silent: " + silent]
         if s.get("adaptation_notes"):
             lines += ["", "## Adaptive switches", "", *[f"- {n}" for n in s["adaptation_notes"]]]
-        curve = s.get("curve", {})
+        curve = s.get("curve") or {}
         if curve:
             picks = [i for i in range(0, len(curve["eps"]), max(len(curve["eps"]) // 8, 1))]
-            lines += ["", "## Robust accuracy vs ε (smallest known adversarial per point)", "",
+            title = f"## Robust accuracy vs ε (smallest known adversarial norm of {curve.get('points')} points)"
+            lines += ["", title, "",
                       "| ε | " + " | ".join(f"{curve['eps'][i]:.3g}" for i in picks) + " |",
                       "|---|" + "---|" * len(picks),
                       "| robust accuracy | " + " | ".join(_pct(curve["robust_accuracy"][i]) for i in picks) + " |"]

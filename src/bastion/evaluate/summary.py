@@ -35,13 +35,19 @@ def _attack_summary(store: Store, run_id: str, part: str, n: int) -> dict[str, A
     }
 
 
-def curve(rows: list[dict[str, Any]], eps_max: float) -> dict[str, list[float]]:
-    """Robust accuracy vs eps from the smallest known adversarial norm of each point."""
+def curve(worst: list[dict[str, Any]], minimal_idx: set[int], eps_max: float) -> dict[str, Any] | None:
+    """Robust accuracy vs eps from the smallest known adversarial norm of the points the minimum-norm stage saw.
+
+    Those are correctly classified points; the curve is clean accuracy times the fraction of them whose smallest
+    known adversarial norm exceeds eps. ``None`` when no minimum-norm stage ran (the ``fast`` suite).
+    """
+    if not minimal_idx or not worst:
+        return None
     grid = np.linspace(0.0, eps_max, CURVE_POINTS)
-    norms = np.array([np.inf if r["norm"] is None else r["norm"] for r in rows])
-    correct = np.array([bool(r["clean_correct"]) for r in rows])
-    acc = [float((correct & (norms > e)).mean()) if len(rows) else 0.0 for e in grid]
-    return {"eps": [float(e) for e in grid], "robust_accuracy": acc}
+    norms = np.array([np.inf if r["norm"] is None else r["norm"] for r in worst if r["idx"] in minimal_idx])
+    clean = sum(r["clean_correct"] for r in worst) / len(worst)
+    acc = [float(clean * (norms > e).mean()) for e in grid]
+    return {"eps": [float(e) for e in grid], "robust_accuracy": acc, "points": len(norms)}
 
 
 def summarize(store: Store, run_id: str, config: EvalConfig, num_classes: int) -> dict[str, Any]:
@@ -83,7 +89,7 @@ def summarize(store: Store, run_id: str, config: EvalConfig, num_classes: int) -
         "robust_accuracy": (clean - broken) / n if n else 0.0,
         "attack_success_rate": broken / clean if clean else 0.0,
         "stages": stages, "first_broken_by": first,
-        "curve": curve(worst, 2 * config.eps if config.eps > 0 else 1.0),
+        "curve": curve(worst, _minimal_points(store, run_id, stages), 2 * config.eps if config.eps > 0 else 1.0),
         "flags": flags, "flags_fired": [f["name"] for f in flags if f["fired"]],
         "adaptation": plan, "adaptation_notes": plan_notes(plan),
         "forward_passes": fwd, "backward_passes": bwd, "passes_per_point": (fwd + bwd) / max(n, 1),
@@ -92,6 +98,10 @@ def summarize(store: Store, run_id: str, config: EvalConfig, num_classes: int) -
         "median_norm_of_successes": _median([r["norm"] for r in worst if r["success"] and r["norm"] is not None]),
         "num_classes": num_classes,
     }
+
+
+def _minimal_points(store: Store, run_id: str, stages: dict[str, Any]) -> set[int]:
+    return {r["idx"] for part, st in stages.items() if st["role"] == "minimal" for r in store.samples(run_id, part)}
 
 
 def _median(values: list[float]) -> float | None:
