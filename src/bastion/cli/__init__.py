@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from bastion.cli import adv_train, certify, data, evaluate, models, runs, sweep
+from bastion.cli import adv_train, certify, data, defend, evaluate, models, runs, sweep
 
 app = typer.Typer(help="bastion: measure and improve the adversarial robustness of deep-learning models.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -23,6 +23,7 @@ app.command("attack")(evaluate.attack_cmd)
 app.command("report")(runs.report)
 app.command("sweep")(sweep.sweep_cmd)
 certify.register(app)  # certify, certify-train
+app.add_typer(defend.defend_app, name="defend")
 
 
 def main() -> None:
