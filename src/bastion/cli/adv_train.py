@@ -24,6 +24,7 @@ def adv_train(
     schedule: str = typer.Option(None, help="fixed | auto (eps curriculum + early-stopped PGD)"),
     ema_decay: float = typer.Option(None, help="average the weights (e.g. 0.995)"),
     seed: int = typer.Option(None),
+    train_subset: int = typer.Option(None, min=1, help="train on the first N training points only"),
     resume: bool = typer.Option(True, help="continue from OUT.state.pt if present"),
     threads: int = typer.Option(1, min=1, help="torch CPU threads per process"),
     nproc: int = typer.Option(1, min=1, help="data-parallel processes on this node (spawns torchrun)"),
@@ -41,7 +42,8 @@ def adv_train(
         raise typer.Exit(launch(nproc, args, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint))
     torch.set_num_threads(threads)
     overrides = {"defense": defense, "dataset": dataset, "arch": arch, "eps": eps, "epochs": epochs,
-                 "batch_size": batch_size, "lr": lr, "schedule": schedule, "ema_decay": ema_decay, "seed": seed}
+                 "batch_size": batch_size, "lr": lr, "schedule": schedule, "ema_decay": ema_decay, "seed": seed,
+                 "train_subset": train_subset}
     if recipe is not None:
         config = load_recipe(recipe, **overrides)
     else:
