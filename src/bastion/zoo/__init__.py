@@ -40,7 +40,7 @@ def _shipped(name: str, dataset: str, description: str) -> None:
 
 _shipped("mnist-cnn", "mnist", "bastion's small CNN trained normally on MNIST (see docs/MODELS.md for the command).")
 _shipped("fashion-cnn", "fashion-mnist", "bastion's small CNN trained normally on Fashion-MNIST.")
-_shipped("mnist-cnn-fastat", "mnist", "Small CNN, Fast-AT (FGSM-RS) L-inf eps 0.3, 3 epochs (docs/TRAINING.md).")
+_shipped("mnist-cnn-fastat", "mnist", "Small CNN, Fast-AT (FGSM-RS) L-inf eps 0.3, 8 epochs (docs/TRAINING.md).")
 _shipped("fashion-cnn-fastat", "fashion-mnist", "Small CNN, Fast-AT (FGSM-RS) L-inf eps 0.1, 3 epochs.")
 
 
