@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from bastion.certify import job as certify_job
-from bastion.certify.job import CertifyConfig, certify_run, write_reports
+from bastion.certify.job import CertifyConfig, certify_run
+from bastion.certify.report import write_reports
 from bastion.certify.train import CertTrainConfig, train_certified
 from bastion.evaluate.store import Store
 

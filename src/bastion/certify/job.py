@@ -38,121 +38,30 @@ every radius, only on the points not yet broken; ``fmn`` (minimal norm) runs onc
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import Tensor, nn
 
 from bastion.certify import crown, ibp, lipschitz, smoothing
+from bastion.certify.config import CertifyConfig
 from bastion.data import load_dataset
 from bastion.errors import InvalidInputError
 from bastion.evaluate.job import environment
 from bastion.evaluate.runner import run_attack
-from bastion.evaluate.store import Run, Store
+from bastion.evaluate.store import Store
 from bastion.threat import LpThreat
 from bastion.zoo import load_model
 
 KIND = "certify"
 REPORT_SCHEMA = "bastion.certify-report/1"
-METHOD_NORM = {"smoothing": "l2", "lipschitz": "l2", "ibp": "linf", "crown": "linf"}
-DEFAULT_RADII = {
-    "smoothing": [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0],
-    "lipschitz": [0.0, 0.25, 0.5, 0.75, 1.0, 1.5],
-    "ibp": [0.0, 0.1, 0.2, 0.3],
-    "crown": [0.0, 0.1, 0.2, 0.3],
-}
-DEFAULT_ATTACK_PARAMS = {"apgd": {"n_iter": 50}, "pgd": {"steps": 40}, "fmn": {"steps": 100}, "none": {}}
 _SALT = {"certify": 0, "attack": 500_009, "check": 900_007}
-
-
-class CertifyConfig(BaseModel):
-    """One certification run. ``eps`` is the headline radius (L2 for smoothing/lipschitz, L-inf for ibp and
-    crown by default); ``radii`` is the curve's grid (``eps`` is added to it); ``preset`` fills ``n0``,
-    ``samples`` and ``alpha`` of randomized smoothing where they are not given."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    method: Literal["smoothing", "ibp", "crown", "lipschitz"]
-    model: str
-    dataset: str | None = None
-    split: Literal["train", "val", "test"] = "test"
-    n: int = Field(100, gt=0, description="number of points, from the start of the split")
-    eps: float | None = None
-    radii: list[float] | None = None
-    norm: Literal["linf", "l2"] | None = None  # crown only may use l2
-    sigma: float | None = None
-    preset: Literal["quick", "paper"] = "quick"
-    n0: int | None = Field(None, gt=0)
-    samples: int | None = Field(None, gt=0)
-    alpha: float | None = None
-    mc_batch: int = Field(1000, gt=0, description="noise samples per forward pass (smoothing)")
-    bound: Literal["crown", "crown-ibp"] = "crown"  # crown: CROWN or CROWN-IBP intermediate bounds
-    attack: Literal["apgd", "pgd", "fmn", "none"] = "apgd"
-    attack_params: dict[str, Any] | None = None
-    attack_noise: int = Field(16, gt=0, description="noise draws of the smoothing surrogate the attack uses")
-    check_samples: int = Field(500, gt=0, description="noise draws judging each smoothing candidate")
-    batch_size: int = Field(100, gt=0)
-    seed: int = 0
-
-    @field_validator("eps", "sigma")
-    @classmethod
-    def _positive(cls, v: float | None) -> float | None:
-        if v is not None and (not math.isfinite(v) or v < 0):
-            raise ValueError(f"must be finite and non-negative, got {v}")
-        return v
-
-    @field_validator("radii")
-    @classmethod
-    def _radii(cls, v: list[float] | None) -> list[float] | None:
-        if v is not None and (not v or any(not math.isfinite(r) or r < 0 for r in v)):
-            raise ValueError(f"radii must be a non-empty list of finite non-negative numbers, got {v}")
-        return v
-
-    @model_validator(mode="after")
-    def _method_fields(self) -> CertifyConfig:
-        if self.method == "smoothing" and (self.sigma is None or self.sigma <= 0):
-            raise ValueError("randomized smoothing needs a positive noise level: pass --sigma, e.g. --sigma 0.25")
-        if self.alpha is not None and not 0 < self.alpha < 1:
-            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
-        if self.norm is not None and self.norm != METHOD_NORM[self.method] and self.method != "crown":
-            raise ValueError(f"{self.method} certifies {METHOD_NORM[self.method]} balls only, not {self.norm}")
-        return self
-
-    # resolved values ---------------------------------------------------------------------------------
-    def threat_norm(self) -> str:
-        return self.norm or METHOD_NORM[self.method]
-
-    def headline(self) -> float:
-        if self.eps is not None:
-            return self.eps
-        grid = self.radii or DEFAULT_RADII[self.method]
-        return max(grid)
-
-    def grid(self) -> list[float]:
-        base = self.radii if self.radii is not None else DEFAULT_RADII[self.method]
-        return sorted({0.0, *map(float, base), float(self.headline())})
-
-    def smoothing_params(self) -> dict[str, float | int]:
-        p = smoothing.PRESETS[self.preset]
-        return {"n0": int(self.n0 or p["n0"]), "n": int(self.samples or p["n"]),
-                "alpha": float(self.alpha if self.alpha is not None else p["alpha"])}
-
-    def resolved_attack_params(self) -> dict[str, Any]:
-        return dict(self.attack_params if self.attack_params is not None else DEFAULT_ATTACK_PARAMS[self.attack])
-
-    def key(self) -> str:
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -425,91 +334,3 @@ def summarize(store: Store, run_id: str, config: CertifyConfig) -> dict[str, Any
 
 
 # reports -----------------------------------------------------------------------------------------------
-def report_dict(run: Run) -> dict[str, Any]:
-    return {"schema": REPORT_SCHEMA, "run_id": run.id, "kind": run.kind, "status": run.status,
-            "created": run.created, "finished": run.finished, "config": run.config,
-            "environment": run.environment, "summary": run.summary}
-
-
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}%"
-
-
-def report_markdown(run: Run) -> str:
-    """The report section: setup, the table of both curves, abstentions, timing, and what the numbers mean."""
-    c, s = run.config, run.summary or {}
-    norm = {"linf": "L∞", "l2": "L2"}.get(s.get("norm", ""), s.get("norm", ""))
-    how = {"smoothing": f"randomized smoothing (Cohen et al. 2019), sigma {c.get('sigma')}, n0 {c.get('n0')}, "
-                        f"n {c.get('samples')}, alpha {c.get('alpha')}",
-           "ibp": "interval bound propagation (Gowal et al. 2018)",
-           "crown": f"{'CROWN-IBP' if c.get('bound') == 'crown-ibp' else 'CROWN'} linear bounds (Zhang et al.)",
-           "lipschitz": "1-Lipschitz margin certificate (Tsuzuku et al. 2018)"}.get(c.get("method", ""), "?")
-    attack = c.get("attack")
-    noise = c.get("attack_noise")
-    on_smoothed = f" on the smoothed classifier ({noise} noise draws)" if c.get("method") == "smoothing" else ""
-    lines = [
-        f"## Certification `{run.id}`",
-        "",
-        f"Model **{c.get('model')}** on **{c.get('dataset')}** ({c.get('split')} split, first {s.get('n')} points); "
-        f"{how}; {norm} radii; empirical attack **{attack}** {json.dumps(c.get('attack_params', {}))}"
-        f"{on_smoothed}"
-        f"; seed {c.get('seed')}.",
-        "",
-        f"| {norm} radius | certified accuracy | empirical robust accuracy ({attack}) |",
-        "|---|---|---|",
-    ]
-    cert, emp = s.get("certified_accuracy", {}), s.get("empirical_robust_accuracy", {})
-    lines += [f"| {r} | {_pct(cert.get(r))} | {_pct(emp.get(r))} |" for r in cert]
-    lines += [
-        "",
-        f"Clean accuracy {_pct(s.get('clean_accuracy'))}; abstentions {_pct(s.get('abstention_rate'))}; "
-        f"mean certified radius {s.get('mean_certified_radius', 0):.3f}; "
-        f"certification {s.get('certify_seconds')} s, attack {s.get('attack_seconds')} s.",
-        "",
-        "Certified accuracy counts a point when the method proves the correct class on the whole ball (for "
-        "smoothing: with probability at least 1 - alpha); it is a lower bound on the true robust accuracy, and "
-        "the attack's robust accuracy is an upper bound.",
-    ]
-    if s.get("violations"):
-        lines.append(f"\n**Warning**: on points {s['violations']} the attack found an adversarial example "
-                     "closer than the certified radius. For smoothing this can happen with probability alpha "
-                     "per point (or by Monte Carlo error near the boundary); otherwise it is a bug.")
-    env = run.environment
-    lines += ["", f"bastion {env.get('bastion')}, torch {env.get('torch')}, Python {env.get('python')}, "
-                  f"{env.get('platform')}, {env.get('threads')} threads."]
-    return "\n".join(lines) + "\n"
-
-
-def plot_curves(run: Run, path: Path) -> Path:
-    """PNG: certified accuracy against radius, with the empirical robust accuracy of the same points."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    s = run.summary or {}
-    radii = [float(r) for r in s.get("certified_accuracy", {})]
-    fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
-    ax.plot(radii, [100 * v for v in s["certified_accuracy"].values()], "o-",
-            label=f"certified ({run.config.get('method')})")
-    ax.plot(radii, [100 * v for v in s["empirical_robust_accuracy"].values()], "s--",
-            label=f"empirical ({run.config.get('attack')})")
-    ax.set_xlabel(f"{'L-inf' if s.get('norm') == 'linf' else 'L2'} radius")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    ax.set_title(f"{run.config.get('model')}: certified vs empirical", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
-def write_reports(run: Run, folder: Path) -> tuple[Path, Path, Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    js, md, png = folder / "report.json", folder / "report.md", folder / "certified.png"
-    js.write_text(json.dumps(report_dict(run), indent=2, sort_keys=True) + "\n")
-    md.write_text(report_markdown(run))
-    plot_curves(run, png)
-    return js, md, png

@@ -66,7 +66,8 @@ def certify_cmd(
     out: Path | None = typer.Option(None, help="folder for report.json, report.md, certified.png"),
 ) -> None:
     """Certify N points (certified accuracy vs radius) and attack the same points (empirical robust accuracy)."""
-    from bastion.certify.job import CertifyConfig, CertifyProgress, certify_run, write_reports
+    from bastion.certify.job import CertifyConfig, CertifyProgress, certify_run
+    from bastion.certify.report import write_reports
     from bastion.errors import InvalidInputError
     from bastion.evaluate.job import default_report_dir
     from bastion.evaluate.store import Store
