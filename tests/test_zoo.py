@@ -91,3 +91,11 @@ def test_checkpoint_names_with_dots_keep_the_whole_name(digits_checkpoint: Path,
     assert {p.name for p in tmp_path.iterdir()} == {"gauss-0.25.safetensors", "gauss-0.25.json",
                                                    "gauss-0.5.safetensors", "gauss-0.5.json"}
     assert load_model(str(tmp_path / "gauss-0.25"))[1].arch == "cnn"
+
+
+def test_training_leaves_the_global_rng_alone(tmp_path: Path) -> None:
+    from bastion.zoo.train import TrainConfig, train_and_save
+
+    before = torch.random.get_rng_state()
+    train_and_save("mlp", "digits", tmp_path / "m", TrainConfig(epochs=1, seed=3))
+    assert torch.equal(torch.random.get_rng_state(), before)

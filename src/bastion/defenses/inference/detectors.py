@@ -17,6 +17,8 @@ Thresholds are set on clean data for a 5% false-positive rate, as in both papers
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 from torch import Tensor, nn
 
@@ -35,7 +37,7 @@ def threshold_for(scores: Tensor, fpr: float = 0.05) -> float:
     return float(torch.quantile(scores.double().flatten(), 1.0 - fpr))
 
 
-class Detector(nn.Module):
+class Detector(nn.Module, ABC):
     """Base of the two detectors: ``score(x)`` and the reject logit. Subclasses define ``scores``."""
 
     def __init__(self, model: nn.Module, num_classes: int, sharpness: float = 100.0) -> None:
@@ -45,8 +47,9 @@ class Detector(nn.Module):
         self.sharpness = sharpness
         self.register_buffer("threshold", torch.tensor(float("inf")))
 
-    def scores(self, x: Tensor) -> tuple[Tensor, Tensor]:  # (logits, score)
-        raise NotImplementedError
+    @abstractmethod
+    def scores(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(logits of the wrapped model, detector score; higher means more suspicious)."""
 
     def score(self, x: Tensor) -> Tensor:
         return self.scores(x)[1]
