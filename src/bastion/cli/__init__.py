@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from bastion.cli import adv_train, certify, data, defend, evaluate, models, runs, sweep
+from bastion.cli import adv_train, certify, compare, data, defend, evaluate, models, runs, sweep
 
 app = typer.Typer(help="bastion: measure and improve the adversarial robustness of deep-learning models.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -24,6 +24,7 @@ app.command("report")(runs.report)
 app.command("sweep")(sweep.sweep_cmd)
 certify.register(app)  # certify, certify-train
 app.add_typer(defend.defend_app, name="defend")
+app.command("compare")(compare.compare_cmd)
 
 
 def main() -> None:

@@ -33,6 +33,10 @@ class EvalConfig(BaseModel):
     targeted: bool = False
     batch_size: int = Field(500, gt=0)
     seed: int = 0
+    adaptive: bool = Field(True, description="False: attack the model as it is (no EOT/BPDA/log-probabilities), "
+                                             "the number a naive evaluation reports")
+    outcome_checks: bool = Field(True, description="False: skip the attack-based outcome diagnostics (single-step vs "
+                                                   "iterative, eps monotonicity, box-covering eps)")
 
     @field_validator("eps")
     @classmethod
@@ -54,5 +58,9 @@ class EvalConfig(BaseModel):
 
     def key(self) -> str:
         """Identity of the run for resuming: same config, same key."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        fields = self.model_dump(mode="json")
+        for name in ("adaptive", "outcome_checks"):  # runs stored before these fields existed keep their key
+            if fields[name]:
+                fields.pop(name)
+        blob = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

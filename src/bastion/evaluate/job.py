@@ -35,6 +35,7 @@ from bastion.zoo import load_model
 KIND = "evaluate"
 PROBE_POINTS = 64
 GALLERY = 8
+NO_ADAPTATION: dict[str, Any] = {"eot_samples": None, "bpda_modules": [], "log_probabilities": False}
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,12 @@ def prepare(config: EvalConfig) -> Setup:
     """
     if config.model.startswith(("http://", "https://")):
         return _prepare_remote(config)
-    model, meta = load_model(config.model)
+    if config.model.endswith(".pt"):
+        from bastion.compare.build import load_built
+
+        model, meta = load_built(config.model)
+    else:
+        model, meta = load_model(config.model)
     dataset = config.dataset or meta.dataset
     data = load_dataset(dataset, seed=config.seed)
     if tuple(data.spec.shape) != tuple(meta.input_shape):
@@ -154,7 +160,7 @@ def evaluate(
         finished = stop
         if on_progress:
             on_progress(Progress(finished, n, broken))
-    if cfg.suite and store.get_artifact(run_id, "outcome_flags") is None:
+    if cfg.suite and cfg.outcome_checks and store.get_artifact(run_id, "outcome_flags") is None:
         if on_progress:
             on_progress(Progress(finished, n, broken, stage="diagnostics"))
         flags = outcome_checks(setup, build_adaptation(setup.model, plan), cfg, PROBE_POINTS)
@@ -166,6 +172,9 @@ def evaluate(
 
 def _plan(store: Store, run_id: str, setup: Setup) -> dict[str, Any]:
     plan = store.get_artifact(run_id, "adaptation")
+    if plan is None and not setup.config.adaptive:
+        plan = dict(NO_ADAPTATION)
+        store.put_artifact(run_id, "adaptation", plan)
     if plan is None:
         x, y = setup.points.x[:PROBE_POINTS], setup.points.y[:PROBE_POINTS]
         plan, flags = probe(setup.model, x, y, setup.threat, eot_samples=setup.config.eot_samples)

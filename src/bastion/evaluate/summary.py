@@ -91,6 +91,7 @@ def summarize(store: Store, run_id: str, config: EvalConfig, num_classes: int) -
         "stages": stages, "first_broken_by": first,
         "curve": curve(worst, _minimal_points(store, run_id, stages), 2 * config.eps if config.eps > 0 else 1.0),
         "flags": flags, "flags_fired": [f["name"] for f in flags if f["fired"]],
+        "outcome_checks_run": config.outcome_checks,
         "adaptation": plan, "adaptation_notes": plan_notes(plan),
         "forward_passes": fwd, "backward_passes": bwd, "passes_per_point": (fwd + bwd) / max(n, 1),
         "attack_seconds": round(sum(s["seconds"] for s in stages.values()), 3),

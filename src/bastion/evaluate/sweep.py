@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,24 +126,27 @@ def run_sweep(
                 on_done(done)
         else:
             todo.append(job)
-    for job, exported in _execute(todo, scheduler, workers):
-        run_id = store.import_run(exported)
-        done = JobDone(job, run_id, False, store.get_run(run_id).summary or {})
-        results.append(done)
-        if on_done:
-            on_done(done)
+    if not todo:
+        return results
+    with dask_client(scheduler, workers) as client:
+        for payload, exported in execute(run_job, [job.model_dump(mode="json") for job in todo], client):
+            job = EvalConfig(**payload)
+            run_id = store.import_run(exported)
+            done = JobDone(job, run_id, False, store.get_run(run_id).summary or {})
+            results.append(done)
+            if on_done:
+                on_done(done)
     return results
 
 
-def _execute(todo: list[EvalConfig], scheduler: str | None, workers: int
-             ) -> Iterator[tuple[EvalConfig, dict[str, Any]]]:
-    if not todo:
-        return
+@contextmanager
+def dask_client(scheduler: str | None, workers: int) -> Iterator[Any]:
+    """``None``: a LocalCluster of ``workers`` single-threaded processes on 127.0.0.1; ``"sync"``: no Dask
+    (yields None, jobs run in this process); anything else: the address of a running Dask scheduler."""
     if scheduler == "sync":
-        for job in todo:
-            yield job, run_job(job.model_dump(mode="json"))
+        yield None
         return
-    from dask.distributed import Client, LocalCluster, as_completed
+    from dask.distributed import Client, LocalCluster
 
     cluster = None
     if scheduler is None:
@@ -150,13 +154,25 @@ def _execute(todo: list[EvalConfig], scheduler: str | None, workers: int
                                dashboard_address=None)
     client = Client(cluster if cluster is not None else scheduler)
     try:
-        futures = {client.submit(run_job, job.model_dump(mode="json"), pure=False): job for job in todo}
-        for future in as_completed(futures):
-            yield futures[future], future.result()
+        yield client
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def execute(fn: Callable[[Any], Any], payloads: list[Any], client: Any) -> Iterator[tuple[Any, Any]]:
+    """Run ``fn(payload)`` for every payload on ``client`` (None: in this process, one after another);
+    yield ``(payload, result)`` as each finishes."""
+    if client is None:
+        for payload in payloads:
+            yield payload, fn(payload)
+        return
+    from dask.distributed import as_completed
+
+    futures = {client.submit(fn, payload, pure=False): k for k, payload in enumerate(payloads)}
+    for future in as_completed(futures):
+        yield payloads[futures[future]], future.result()
 
 
 def aggregate(results: list[JobDone]) -> list[dict[str, Any]]:
