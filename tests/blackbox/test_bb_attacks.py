@@ -65,6 +65,44 @@ def test_square_l2_succeeds(mlp: nn.Module, points: tuple) -> None:
     assert (mlp(adv).argmax(1) != y).float().mean() >= 0.8
 
 
+class _Constant(nn.Module):
+    """Always predicts class 0 with the same scores (no input is ever adversarial for label 0); records queries."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.clone())
+        out = torch.zeros(x.shape[0], 10)
+        out[:, 0] = 1.0
+        return out
+
+
+def test_square_query_count_is_exact() -> None:
+    model = _Constant()
+    x, y = torch.rand(6, 1, 8, 8, generator=_gen()), torch.tensor([0, 0, 0, 1, 1, 0])
+    target = ScoreTarget(model, n=6, max_queries=40)
+    get_attack("square").fn(target, x, y, LpThreat("linf", 0.1), max_queries=37, generator=_gen())
+    # label 0 is never broken: the whole budget; label 1 is misclassified already: the clean query only
+    assert target.forward_counts.tolist() == [37, 37, 37, 1, 1, 37]
+    assert sum(q.shape[0] for q in model.seen) == 4 * 37 + 2
+
+
+def test_square_linf_steps_change_one_window_never_waste_a_query() -> None:
+    model = _Constant()
+    x = torch.zeros(5, 1, 8, 8)  # at the box's lower edge: a -eps window would change nothing
+    get_attack("square").fn(model, x, torch.zeros(5, dtype=torch.long), LpThreat("linf", 0.25), max_queries=300,
+                            generator=_gen())
+    for step in model.seen[2:]:  # after the clean query and the initialization; best stays x (nothing improves)
+        changed = step != 0
+        assert changed.flatten(1).any(1).all(), "a step left a sample unchanged"
+        assert torch.all(step[changed] == 0.25)
+        rows, cols = changed.any(3).squeeze(1), changed.any(2).squeeze(1)
+        assert torch.equal(changed.flatten(1).sum(1), rows.sum(1) * cols.sum(1))  # one rectangle
+        assert torch.equal(rows.sum(1), cols.sum(1))  # a square
+
+
 @pytest.mark.parametrize("name", ["nes", "spsa", "zoo"])
 def test_gradient_estimators_succeed(mlp: nn.Module, points: tuple, name: str) -> None:
     x, y = points[0][:16], points[1][:16]

@@ -16,12 +16,17 @@ target class when targeted).
 Queries, per sample: one on the clean input (a point already misclassified stops there), one on the
 initialization, then one per iteration until the sample is adversarial or ``max_queries`` are spent.
 Inputs that are not ``(N, C, H, W)`` are treated as ``(N, 1, 1, D)`` with ``1 x k`` windows.
+
+Every step is batched over the samples still attacked (kept compacted; no per-sample Python loop): each gets its
+own window position, signs and (L2) pattern orientation, as in the authors' per-image loop. An L-inf sign vector
+that would leave the window unchanged is redrawn, as the authors' code does, so no query is wasted on it.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor, nn
@@ -33,6 +38,7 @@ from bastion.oracle import attribute
 from bastion.threat import LpThreat
 
 _HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+_REDRAWS = 16  # sign vectors drawn at once for an L-inf window; the first that changes it is used
 
 
 def p_selection(p_init: float, it: int, max_queries: int) -> float:
@@ -69,47 +75,98 @@ def square(
     x = inputs.reshape(inputs.shape[0], 1, 1, -1) if inputs.dim() != 4 else inputs
     best = x.clone()
     with partial_results(best):
-        _search(model, x, labels, threat, best, inputs.shape, targeted, max_queries, p_init, generator)
+        _search(_Oracle(model, inputs.shape, targeted, best), x, labels, threat, max_queries, p_init, generator)
     return best.view_as(inputs)
 
 
-def _search(model: nn.Module, x: Tensor, y: Tensor, threat: LpThreat, best: Tensor, shape: torch.Size,
-            targeted: bool, max_queries: int, p_init: float, gen: torch.Generator | None) -> None:
+@dataclass(frozen=True)
+class _Oracle:
+    """The model as the search queries it: inputs' own shape, the goal, and ``out`` (best so far, all samples)."""
+
+    model: nn.Module
+    shape: torch.Size
+    targeted: bool
+    out: Tensor
+
+    def scores(self, index: Tensor, candidates: Tensor) -> Tensor:
+        with attribute(self.model, index):
+            return query_scores(self.model, candidates.view(-1, *self.shape[1:]))
+
+
+@dataclass
+class _Active:
+    """The samples still attacked, compacted: original indices and per-sample state, one row each.
+
+    ``lo``/``hi`` (L-inf only) are ``x - eps`` and ``x + eps`` projected onto the threat (box, mask): an L-inf
+    candidate takes each pixel from ``best``, ``lo`` or ``hi``, so it is inside the threat without a projection.
+    """
+
+    index: Tensor
+    x: Tensor
+    y: Tensor
+    eps: Tensor
+    best: Tensor
+    margin: Tensor
+    lo: Tensor
+    hi: Tensor
+
+    def keep(self, rows: Tensor) -> _Active:
+        return _Active(*(getattr(self, f.name)[rows] for f in fields(self)))
+
+
+def _search(oracle: _Oracle, x: Tensor, y: Tensor, threat: LpThreat, max_queries: int, p_init: float,
+            gen: torch.Generator | None) -> None:
+    """Algorithm 1 over the batch; per sample: the clean query, the initialization, then one query per step."""
+    linf = threat.norm == "linf"
+    state = _start(threat, x, y, oracle.shape)
+    try:
+        state = _evaluate(oracle, state, x, accept_all=True, done=False)
+        if state.index.numel():
+            init = _init_linf(state, gen) if linf else _project(
+                threat, state, _init_l2(state.x, state.eps, gen), oracle.shape)
+            state = _evaluate(oracle, state, init, accept_all=False, done=max_queries <= 2)
+        spent = 2
+        while state.index.numel():
+            p = p_selection(p_init, spent - 1, max_queries)
+            cand = _propose_linf(state, p, gen) if linf else _project(
+                threat, state, _propose_l2(state, p, gen), oracle.shape)
+            spent += 1
+            state = _evaluate(oracle, state, cand, accept_all=False, done=spent >= max_queries)
+    finally:
+        oracle.out[state.index] = state.best
+
+
+def _start(threat: LpThreat, x: Tensor, y: Tensor, shape: torch.Size) -> _Active:
     n = x.shape[0]
     eps = threat.eps_for(x)
-    best_margin = torch.full((n,), float("-inf"), device=x.device)
-    spent = torch.zeros(n, dtype=torch.long, device=x.device)
-    active = torch.arange(n, device=x.device)
-
-    def evaluate(candidates: Tensor, accept_all: bool) -> None:
-        nonlocal active
-        with attribute(model, active):
-            scores = query_scores(model, candidates.view(-1, *shape[1:]))
-        spent[active] += 1
-        values = margin(scores, y[active], targeted)
-        hit = is_adversarial(scores, y[active], targeted)
-        better = hit | (values > best_margin[active]) | accept_all
-        best[active[better]] = candidates[better]
-        best_margin[active[better]] = values[better]
-        active = active[~hit & (spent[active] < max_queries)]
-
-    evaluate(x.clone(), accept_all=True)
-    if active.numel():
-        init = _init_linf if threat.norm == "linf" else _init_l2
-        evaluate(_project(threat, active, init(x[active], eps[active], gen), x, shape), accept_all=False)
-    it = 1
-    while active.numel():
-        p = p_selection(p_init, it, max_queries)
-        propose = _propose_linf if threat.norm == "linf" else _propose_l2
-        candidates = propose(x[active], best[active], eps[active], p, (threat.lower, threat.upper), gen)
-        evaluate(_project(threat, active, candidates, x, shape), accept_all=False)
-        it += 1
+    lo = hi = x[:, :0]  # unused for L2: no channels, still one row per sample
+    if threat.norm == "linf":
+        flat, radius = x.view(-1, *shape[1:]), eps.view(-1, *[1] * (len(shape) - 1))
+        lo = threat.project(flat - radius, flat).view_as(x)
+        hi = threat.project(flat + radius, flat).view_as(x)
+    margin = torch.full((n,), float("-inf"), device=x.device, dtype=x.dtype)
+    return _Active(torch.arange(n, device=x.device), x, y, eps, x.clone(), margin, lo, hi)
 
 
-def _project(threat: LpThreat, active: Tensor, candidates: Tensor, x: Tensor, shape: torch.Size) -> Tensor:
+def _evaluate(oracle: _Oracle, state: _Active, cand: Tensor, accept_all: bool, done: bool) -> _Active:
+    """One query per active sample: keep what improves the margin, retire samples adversarial or out of budget."""
+    scores = oracle.scores(state.index, cand)
+    values = margin(scores, state.y, oracle.targeted)
+    hit = is_adversarial(scores, state.y, oracle.targeted)
+    better = torch.ones_like(hit) if accept_all else hit | (values > state.margin)
+    state.best = torch.where(_view(better), cand, state.best)
+    state.margin = torch.where(better, values, state.margin)
+    stay = torch.zeros_like(hit) if done else ~hit
+    if bool(stay.all()):
+        return state
+    oracle.out[state.index[~stay]] = state.best[~stay]
+    return state.keep(stay)
+
+
+def _project(threat: LpThreat, state: _Active, candidates: Tensor, shape: torch.Size) -> Tensor:
     """The threat's projection (ball, box, feature mask), done in the inputs' own shape."""
-    original = x[active].view(-1, *shape[1:])
-    return threat.select(active).project(candidates.view_as(original), original).view_as(candidates)
+    original = state.x.view(-1, *shape[1:])
+    return threat.select(state.index).project(candidates.view_as(original), original).view_as(candidates)
 
 
 def _view(v: Tensor) -> Tensor:
@@ -131,50 +188,65 @@ def _window_size(p: float, h: int, w: int, l2: bool) -> tuple[int, int]:
     return s, s
 
 
-def _windows(a: int, sh: int, sw: int, h: int, w: int, gen: torch.Generator | None,
+def _corners(a: int, sh: int, sw: int, h: int, w: int, gen: torch.Generator | None,
              device: torch.device) -> tuple[Tensor, Tensor]:
-    """Per-sample window positions as row and column index tensors, ``(a, sh)`` and ``(a, sw)``."""
-    top = torch.randint(0, h - sh + 1, (a,), generator=gen, device=device)
-    left = torch.randint(0, w - sw + 1, (a,), generator=gen, device=device)
-    return top[:, None] + torch.arange(sh, device=device), left[:, None] + torch.arange(sw, device=device)
-
-
-def _get(t: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
-    n = torch.arange(t.shape[0], device=t.device)[:, None, None]
-    return t[n, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
-
-
-def _put(t: Tensor, rows: Tensor, cols: Tensor, patch: Tensor) -> None:
-    n = torch.arange(t.shape[0], device=t.device)[:, None, None]
-    t[n, :, rows[:, :, None], cols[:, None, :]] = patch.permute(0, 2, 3, 1)
+    """Per-sample top-left corners of ``sh x sw`` windows, uniform over the positions inside the image."""
+    top = torch.randint(0, h - sh + 1, (a, 1), generator=gen, device=device)
+    left = torch.randint(0, w - sw + 1, (a, 1), generator=gen, device=device)
+    return top, left
 
 
 def _signs(shape: tuple[int, ...], gen: torch.Generator | None, like: Tensor) -> Tensor:
     return torch.randint(0, 2, shape, generator=gen, device=like.device).to(like.dtype) * 2 - 1
 
 
-def _init_linf(x: Tensor, eps: Tensor, gen: torch.Generator | None) -> Tensor:
+def _init_linf(state: _Active, gen: torch.Generator | None) -> Tensor:
     """Vertical stripes of width one, each +-eps per channel."""
-    n, c, _, w = x.shape
-    return x + _view(eps) * _signs((n, c, 1, w), gen, x)
+    n, c, _, w = state.x.shape
+    return torch.where(_coin((n, c, 1, w), gen, state.x.device), state.hi, state.lo)
 
 
-def _propose_linf(x: Tensor, x_best: Tensor, eps: Tensor, p: float, box: tuple[float, float],
-                  gen: torch.Generator | None) -> Tensor:
-    a, c, h, w = x.shape
+def _propose_linf(state: _Active, p: float, gen: torch.Generator | None) -> Tensor:
+    """One square window per sample set to ``x +- eps`` (a random sign per channel), the rest kept."""
+    a, _, h, w = state.x.shape
     sh, sw = _window_size(p, h, w, l2=False)
-    rows, cols = _windows(a, sh, sw, h, w, gen, x.device)
-    delta = x_best - x
-    current = _get(x_best, rows, cols)
-    x_win = _get(x, rows, cols)
-    new = _view(eps) * _signs((a, c, 1, 1), gen, x)
-    for _ in range(10):  # redraw signs that would leave the window unchanged (a wasted query)
-        same = ((x_win + new).clamp(*box) - current).abs().flatten(1).amax(1) < 1e-7
-        if not same.any():
-            break
-        new[same] = _view(eps[same]) * _signs((int(same.sum()), c, 1, 1), gen, x)
-    _put(delta, rows, cols, new.expand(a, c, sh, sw))
-    return x + delta
+    window = _window(a, sh, sw, h, w, gen, state.x.device)[2]
+    up = _signs_that_change(state, window, gen)
+    return torch.where(window, torch.where(up[:, :, None, None], state.hi, state.lo), state.best)
+
+
+def _window(a: int, sh: int, sw: int, h: int, w: int, gen: torch.Generator | None,
+            device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """One ``sh x sw`` window per sample at a uniformly drawn position.
+
+    Returns each pixel's row and column offsets from the window's corner, ``(a, h)`` and ``(a, w)``, and the
+    window as a boolean mask ``(a, 1, h, w)``.
+    """
+    top, left = _corners(a, sh, sw, h, w, gen, device)
+    rows, cols = torch.arange(h, device=device) - top, torch.arange(w, device=device) - left
+    mask = ((rows >= 0) & (rows < sh))[:, None, :, None] & ((cols >= 0) & (cols < sw))[:, None, None, :]
+    return rows, cols, mask
+
+
+def _signs_that_change(state: _Active, window: Tensor, gen: torch.Generator | None) -> Tensor:
+    """Per-channel signs, ``(a, c)`` bool (True: +eps), redrawn when the window would stay as it is.
+
+    A sign vector that leaves every pixel of the window unchanged wastes a query; like the authors' code we
+    redraw it, here by drawing ``_REDRAWS`` vectors at once and taking each sample's first useful one (the
+    same distribution as redrawing one at a time, capped). Whether a vector changes the window is decided
+    per channel: channel ``k`` changes under ``+`` when some window pixel of ``best`` differs from ``hi``.
+    """
+    a, c = state.x.shape[:2]
+    changes_up = ((state.hi != state.best) & window).flatten(2).any(2)
+    changes_down = ((state.lo != state.best) & window).flatten(2).any(2)
+    draws = _coin((_REDRAWS, a, c), gen, state.x.device)
+    useful = torch.where(draws, changes_up, changes_down).any(2)
+    first = useful.to(torch.uint8).argmax(0)
+    return draws[first, torch.arange(a, device=draws.device)]
+
+
+def _coin(shape: tuple[int, ...], gen: torch.Generator | None, device: torch.device) -> Tensor:
+    return torch.randint(0, 2, shape, generator=gen, device=device, dtype=torch.uint8).bool()
 
 
 def _rect_pattern(h: int, w: int, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -213,25 +285,42 @@ def _init_l2(x: Tensor, eps: Tensor, gen: torch.Generator | None) -> Tensor:
     return x + delta * _view(eps / delta.flatten(1).norm(dim=1).clamp_min(1e-12))
 
 
-def _propose_l2(x: Tensor, x_best: Tensor, eps: Tensor, p: float, box: tuple[float, float],
-                gen: torch.Generator | None) -> Tensor:
+def _propose_l2(state: _Active, p: float, gen: torch.Generator | None) -> Tensor:
+    """Algorithm 3: the perturbation in a second window is moved into the first, which gets a new meta-square
+    (random sign per channel) plus its old content, rescaled so the total stays at norm eps."""
+    x, eps = state.x, state.eps
     a, c, h, w = x.shape
     sh, sw = _window_size(p, h, w, l2=True)
-    rows1, cols1 = _windows(a, sh, sw, h, w, gen, x.device)
-    rows2, cols2 = _windows(a, sh, sw, h, w, gen, x.device)
-    delta = x_best - x
-    in1 = torch.zeros((a, 1, h, w), dtype=torch.bool, device=x.device)
-    in2 = torch.zeros_like(in1)
-    _put(in1, rows1, cols1, torch.ones((a, 1, sh, sw), dtype=torch.bool, device=x.device))
-    _put(in2, rows2, cols2, torch.ones((a, 1, sh, sw), dtype=torch.bool, device=x.device))
-    norm_window1 = _get(delta, rows1, cols1).flatten(2).norm(dim=2)[:, :, None, None]
-    norm_image = _view(delta.flatten(1).norm(dim=1))
-    norm_union = (delta * (in1 | in2)).flatten(2).norm(dim=2)[:, :, None, None]
-    flip = bool(torch.rand((), generator=gen, device=x.device) > 0.5)
-    new = _meta_pattern(sh, sw, flip, x.device, x.dtype) * _signs((a, c, 1, 1), gen, x)
-    new = new + _get(delta, rows1, cols1) / (norm_window1 + 1e-10)
-    budget = ((_view(eps) ** 2 - norm_image ** 2).clamp_min(0) / c + norm_union ** 2).sqrt()
-    new = new / new.flatten(2).norm(dim=2)[:, :, None, None].clamp_min(1e-12) * budget
-    delta = delta.masked_fill(in2, 0.0)
-    _put(delta, rows1, cols1, new)
+    pattern, in1 = _placed_pattern(a, sh, sw, h, w, gen, x)
+    in2 = _window(a, sh, sw, h, w, gen, x.device)[2]
+    delta = state.best - x
+    old = delta * in1
+    spare = (_view(eps) ** 2 - _view(delta.flatten(1).norm(dim=1)) ** 2).clamp_min(0) / c
+    budget = (spare + _channel_norm(delta * (in1 | in2)) ** 2).sqrt()
+    new = pattern * _signs((a, c, 1, 1), gen, x) + old / (_channel_norm(old) + 1e-10)
+    new = new / _channel_norm(new).clamp_min(1e-12) * budget
+    delta = torch.where(in1, new, delta.masked_fill(in2, 0.0))
     return x + delta * _view(eps / delta.flatten(1).norm(dim=1).clamp_min(1e-12))
+
+
+def _channel_norm(t: Tensor) -> Tensor:
+    return t.flatten(2).norm(dim=2)[:, :, None, None]
+
+
+def _placed_pattern(a: int, sh: int, sw: int, h: int, w: int, gen: torch.Generator | None,
+                    like: Tensor) -> tuple[Tensor, Tensor]:
+    """The meta-square of each sample (transposed for a random half of them) placed in its window.
+
+    Returns the pattern image ``(a, 1, h, w)``, zero outside the window, and the window mask.
+    """
+    rows, cols, mask = _window(a, sh, sw, h, w, gen, like.device)
+    patterns = _meta_patterns(sh, sw, like.device, like.dtype)
+    which = torch.randint(0, 2, (a, 1, 1), generator=gen, device=like.device)
+    placed = patterns[which, rows.clamp(0, sh - 1)[:, :, None], cols.clamp(0, sw - 1)[:, None, :]]
+    return placed[:, None] * mask, mask
+
+
+@functools.lru_cache(maxsize=64)
+def _meta_patterns(h: int, w: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``(2, h, w)``: the meta-square and its transpose (the same twice for non-square windows). Cached."""
+    return torch.stack([_meta_pattern(h, w, False, device, dtype), _meta_pattern(h, w, True, device, dtype)])
