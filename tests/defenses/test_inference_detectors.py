@@ -76,3 +76,31 @@ def test_detector_aware_surrogate(name: str, digits_model, digits_points, cal) -
     assert out.shape == (8, 10)
     torch.nn.functional.cross_entropy(out, y[:8]).backward()
     assert probe_x.grad is not None and probe_x.grad.abs().sum() > 0
+
+
+def test_the_suite_attacks_a_detector_both_ways(digits_model, digits_points, cal) -> None:
+    """The probe marks a detector; the suite then runs its white-box stages on the plan's view *and* on the
+    detector-aware surrogate (He et al. 2017), and the per-point worst case is no weaker than either alone."""
+    from bastion.defenses.inference.detectors import JointSurrogate
+    from bastion.evaluate.adaptive import build_adaptation, detector_adaptation, probe
+    from bastion.evaluate.suite import run_suite
+
+    x, y = digits_points
+    det = build_defense("feature-squeezing-detector", digits_model, data=cal, bits=0, median=2)
+    threat = LpThreat("linf", 0.2)
+    plan, _ = probe(det, x[:32], y[:32], threat)
+    assert plan["detector_aware"] and not probe(digits_model, x[:32], y[:32], threat)[0]["detector_aware"]
+    aware = detector_adaptation(det, plan)
+    assert aware is not None and isinstance(aware.surrogate, JointSurrogate)
+    assert detector_adaptation(digits_model, plan | {"detector_aware": False}) is None
+
+    def robust(**views: object) -> tuple[float, list[str]]:
+        out = run_suite(det, x, y, threat, version="fast", generator=torch.Generator().manual_seed(0), **views)
+        return float(out.robust.float().mean()), [s.stage.part for s in out.stages]
+
+    plan_only, parts = robust(adapt=build_adaptation(det, plan))
+    aware_only, _ = robust(adapt=aware)
+    both, both_parts = robust(adapt=build_adaptation(det, plan), detector_adapt=aware)
+    assert parts == ["apgd-ce", "apgd-t"] or parts == ["apgd-ce"]
+    assert {"apgd-ce-aware"} <= set(both_parts) or both == 0.0
+    assert both <= min(plan_only, aware_only) + 1e-9

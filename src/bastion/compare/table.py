@@ -256,34 +256,18 @@ def plot_curves(summary: dict[str, Any], path: Path) -> Path:
 
 
 def write_outputs(store: Store, run_id: str, folder: Path) -> dict[str, Path]:
-    """The table (md, html, json), both plots, and the report of every run a cell links to."""
+    """The table (md, html, json), both plots, and a report (md, json, html) of every run a cell links to.
+
+    The linked reports are the text reports (fast to write for ~100 runs); ``bastion report RUN_ID`` renders
+    any of them with its plots and gallery."""
     import json
 
-    from bastion.certify.report import write_reports as certify_reports
-    from bastion.evaluate.report import write_reports as eval_reports
-
-    run = store.get_run(run_id)
-    summary = run.summary or {}
+    summary = store.get_run(run_id).summary or {}
     folder.mkdir(parents=True, exist_ok=True)
-    for row in summary["rows"]:
-        for rid in row["runs"].values():
-            if rid is None:
-                continue
-            linked = store.get_run(rid)
-            target = folder / "runs" / rid
-            if linked.kind == "evaluate":
-                eval_reports(linked, target, store)
-            elif linked.kind == "certify":
-                certify_reports(linked, target)
-                (target / "report.html").write_text(_md_page(target / "report.md"))
-            else:
-                target.mkdir(parents=True, exist_ok=True)
-                (target / "report.md").write_text(f"# Build of {row['defense']}\n\n```json\n"
-                                                  f"{json.dumps(linked.summary, indent=2)}\n```\n")
-                (target / "report.html").write_text(_md_page(target / "report.md"))
-        for g in row["generalization"] + [c for c in row["curve"]]:
-            if not (folder / "runs" / g["run"]).exists():
-                eval_reports(store.get_run(g["run"]), folder / "runs" / g["run"], store)
+    linked = {rid for row in summary["rows"] for rid in row["runs"].values() if rid is not None}
+    linked |= {g["run"] for row in summary["rows"] for g in row["generalization"] + row["curve"]}
+    for rid in sorted(linked):
+        _write_run_report(store, rid, folder / "runs" / rid)
     paths = {"markdown": folder / "compare.md", "html": folder / "compare.html", "json": folder / "compare.json"}
     paths["markdown"].write_text(markdown(summary, run_id))
     paths["html"].write_text(html_page(summary, run_id))
@@ -293,6 +277,26 @@ def write_outputs(store: Store, run_id: str, folder: Path) -> dict[str, Path]:
     return paths
 
 
-def _md_page(md: Path) -> str:
-    return f"<!doctype html><html><head><meta charset='utf-8'></head><body><pre>{html.escape(md.read_text())}</pre>" \
-           "</body></html>"
+def _write_run_report(store: Store, rid: str, target: Path) -> None:
+    import json
+
+    from bastion.certify.report import report_markdown as certify_markdown
+    from bastion.evaluate.report import report_dict, report_markdown
+
+    run = store.get_run(rid)
+    target.mkdir(parents=True, exist_ok=True)
+    if run.kind == "evaluate":
+        md = report_markdown(run)
+    elif run.kind == "certify":
+        md = certify_markdown(run)
+    else:
+        md = f"# Build record {rid}\n\n```json\n{json.dumps(run.summary, indent=2)}\n```\n"
+    (target / "report.md").write_text(md)
+    (target / "report.json").write_text(json.dumps(report_dict(run), indent=2, sort_keys=True, default=str) + "\n")
+    (target / "report.html").write_text(_md_page(md, rid))
+
+
+def _md_page(md: str, rid: str) -> str:
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>run {html.escape(rid)}</title></head><body>"
+            f"<p>Run {html.escape(rid)}; <code>bastion report {html.escape(rid)}</code> renders it with plots.</p>"
+            f"<pre>{html.escape(md)}</pre></body></html>")

@@ -1,7 +1,10 @@
 """Adaptive by default: probe the model, then decide what the gradient attacks should see.
 
 Randomness -> EOT (Athalye et al. 2018) over ``eot_samples`` draws; non-differentiable modules -> BPDA
-with the identity as the backward pass; probability outputs -> attack their logarithm. The plan is a
+with the identity as the backward pass; probability outputs -> attack their logarithm; a detector (a model
+with a reject class) -> the suite adds white-box stages on the detector-aware surrogate (He et al. 2017 for
+feature squeezing, Carlini & Wagner 2017 for differentiable detectors), which must fool the classifier *and*
+pass the detector; neither way of attacking a detector is always the stronger, so both run. The plan is a
 small JSON-able dict, stored with the run, so a resumed run attacks exactly the same way.
 """
 
@@ -12,6 +15,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from bastion.attacks.adaptive import eot
+from bastion.defenses.inference.detectors import detector_aware_surrogate
 from bastion.evaluate.diagnostics import (
     Flag,
     LogOfProbabilities,
@@ -41,6 +45,7 @@ def probe(model: nn.Module, x: Tensor, y: Tensor, threat: LpThreat, *, eot_sampl
         "eot_samples": eot_samples if "randomness" in fired else None,
         "bpda_modules": nondiff,
         "log_probabilities": "probability_outputs" in fired,
+        "detector_aware": detector_aware_surrogate(model) is not None,
     }
     return plan, flags
 
@@ -53,6 +58,8 @@ def plan_notes(plan: dict[str, Any]) -> list[str]:
         notes.append(f"EOT over {plan['eot_samples']} draws per gradient: the model is randomized")
     if plan.get("log_probabilities"):
         notes.append("attacks use log-probabilities: the model outputs probabilities")
+    if plan.get("detector_aware"):
+        notes.append("a detector: extra white-box stages attack its detector-aware surrogate")
     return notes
 
 
@@ -68,3 +75,13 @@ def build_adaptation(model: nn.Module, plan: dict[str, Any]) -> Adaptation:
     return Adaptation(surrogate=surrogate, wrap=wrap, notes=tuple(plan_notes(plan)))
 
 
+def detector_adaptation(model: nn.Module, plan: dict[str, Any]) -> Adaptation | None:
+    """What the detector-aware stages see (None when the model is not a detector): the detector-aware surrogate
+    of the model with the plan's BPDA patches, under the plan's EOT."""
+    if not plan.get("detector_aware"):
+        return None
+    base = with_bpda(model, list(plan["bpda_modules"])) if plan.get("bpda_modules") else model
+    surrogate = detector_aware_surrogate(base)
+    samples = plan.get("eot_samples")
+    wrap = (lambda counted: eot(counted, samples)) if samples else None
+    return Adaptation(surrogate=surrogate, wrap=wrap, notes=("detector-aware surrogate",))

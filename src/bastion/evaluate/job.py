@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from bastion.data import load_dataset
 from bastion.data.base import Split
 from bastion.errors import InvalidInputError
-from bastion.evaluate.adaptive import build_adaptation, probe
+from bastion.evaluate.adaptive import build_adaptation, detector_adaptation, probe
 from bastion.evaluate.config import EvalConfig
 from bastion.evaluate.outcome import outcome_checks
 from bastion.evaluate.runner import AttackResult, run_attack
@@ -35,7 +35,8 @@ from bastion.zoo import load_model
 KIND = "evaluate"
 PROBE_POINTS = 64
 GALLERY = 8
-NO_ADAPTATION: dict[str, Any] = {"eot_samples": None, "bpda_modules": [], "log_probabilities": False}
+NO_ADAPTATION: dict[str, Any] = {"eot_samples": None, "bpda_modules": [], "log_probabilities": False,
+                                 "detector_aware": False}
 
 
 @dataclass(frozen=True)
@@ -203,7 +204,7 @@ def _batch(store: Store, run_id: str, setup: Setup, plan: dict[str, Any], b: int
 
     assert cfg.suite is not None
     out = run_suite(setup.model, x, y, setup.threat, version=cfg.suite, adapt=build_adaptation(setup.model, plan),
-                    generator=generator, on_stage=tick)
+                    generator=generator, on_stage=tick, detector_adapt=detector_adaptation(setup.model, plan))
     for st in out.stages:
         index = (st.attacked.nonzero().flatten() + start).tolist()
         store.record_batch(run_id, st.stage.part, b, start, stop, st.seconds, _rows(st.result, y[st.attacked], index),

@@ -1,11 +1,21 @@
 """The standard attack suite: a cascade of complementary attacks, adaptive by default.
 
-Each stage attacks only the points no earlier stage broke (the minimum-norm stage runs on every
-correctly classified point, because its norms give the robust-accuracy-versus-eps curve). A point is
-robust only if every stage failed on it: the per-point worst case. The attack mix follows the reasoning of
-AutoAttack (Croce & Hein 2020: APGD-CE, targeted APGD-DLR, and a score-based Square attack as a
+Each stage attacks only the points no earlier stage broke (the minimum-norm stage runs on correctly classified
+points whether broken or not, because its norms give the robust-accuracy-versus-eps curve). A point is robust
+only if every stage failed on it: the per-point worst case. The attack mix follows the reasoning of AutoAttack
+(Croce & Hein 2020: APGD-CE, targeted APGD-DLR over 9 target classes, and a score-based Square attack as a
 gradient-free check) with FMN (Pintor et al. 2021) as the minimum-norm member; versions trade cost for
 thoroughness.
+
+The score-based stage of ``standard`` starts as a *canary* (``Stage.canary``): a cheaper run on a seeded random
+sample of the points still robust after the gradient-based stages. Only if that sample yields a break every
+gradient-based stage missed does the stage escalate to its full budget on every point still robust. A
+gradient-free attack beating gradient-based ones is the classic sign of gradient masking (Athalye, Carlini &
+Wagner 2018, "Obfuscated gradients give a false sense of security"; Carlini et al. 2019, "On evaluating
+adversarial robustness"), which is when the full black-box run matters; it is why AutoAttack ends with Square
+(Croce & Hein 2020). The escalation is recorded on the stage outcome, and the report's ``black_box_stronger`` flag
+fires.
+``thorough`` runs its black-box stage on every remaining point at its full budget.
 """
 
 from __future__ import annotations
@@ -13,7 +23,7 @@ from __future__ import annotations
 import resource
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -21,56 +31,90 @@ from torch import Tensor, nn
 
 from bastion.attacks import get_attack
 from bastion.evaluate.runner import Adaptation, AttackResult, run_attack
+from bastion.oracle import Counts
 from bastion.threat import LpThreat
 
 
 @dataclass(frozen=True)
+class Canary:
+    """Run a stage first on at most ``points`` random points with ``params`` overriding the stage's own."""
+
+    points: int
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Stage:
-    """One member of the cascade. ``part`` names it in the store and the reports."""
+    """One member of the cascade. ``part`` names it in the store and the reports; ``params`` are its full budget.
+
+    ``canary``: run the canary first, and the stage itself (on every point still robust) only if the canary broke
+    a point; ``None``: run the stage on every point at once. ``view``: what a white-box stage attacks -- the
+    adaptation ``plan`` (EOT/BPDA/log-probabilities) or, for a detector, its ``detector-aware`` surrogate.
+    """
 
     part: str
     attack: str
     params: dict[str, Any]
     role: str  # "white-box", "minimal" or "black-box"
-
-
-def _stages(version: str, norm: str) -> list[Stage]:
-    iters = {"fast": 50, "standard": 100, "thorough": 100}[version]
-    stages = [Stage("apgd-ce", "apgd", {"loss": "ce", "n_iter": iters}, "white-box"),
-              Stage("apgd-t", "apgd-t", {"n_iter": iters, "n_target_classes": {"fast": 3, "standard": 9,
-                                                                                "thorough": 9}[version]}, "white-box")]
-    if version == "thorough":
-        stages.insert(1, Stage("apgd-dlr", "apgd", {"loss": "dlr", "n_iter": iters, "restarts": 5}, "white-box"))
-    if version != "fast":
-        stages.append(Stage("fmn", "fmn", {"steps": {"standard": 100, "thorough": 500}[version]}, "minimal"))
-        if norm in get_attack("square").norms:
-            stages.append(Stage("square", "square", {"max_queries": {"standard": 1000, "thorough": 5000}[version]},
-                                "black-box"))
-    return stages
+    canary: Canary | None = None
+    view: str = "plan"  # "plan" or "detector-aware"
 
 
 VERSIONS = ("fast", "standard", "thorough")
-# The minimum-norm stage runs on every correct point for the curve, so it dominates the cost on models that
-# break easily; ``standard`` runs it on at most this many correct points per batch (the curve is then estimated
-# from that subsample, and the report says how many points it used). ``thorough`` runs it on all of them.
+_ITERS = {"fast": 50, "standard": 100, "thorough": 100}
+_TARGETS = {"fast": 3, "standard": 9, "thorough": 9}
+_FMN_STEPS = {"standard": 100, "thorough": 500}
+_SQUARE_QUERIES = {"standard": 1000, "thorough": 5000}
+# The black-box stage of ``standard`` first runs on at most 32 random still-robust points per batch, 500 queries each.
+SQUARE_CANARY = {"fast": None, "standard": Canary(32, {"max_queries": 500}), "thorough": None}
+# The minimum-norm stage runs on correct points (broken or not) for the curve. ``thorough`` runs it on all of them.
+# ``standard`` runs it on the first correct points of each batch, at most CURVE_POINTS of them and, so that the curve
+# never dominates the cost, only as many as CURVE_SHARE of the passes the earlier stages spent on the batch pays for,
+# but on at least CURVE_MIN_POINTS (the report says how many points the curve used).
 CURVE_POINTS = {"fast": 0, "standard": 128, "thorough": None}
+CURVE_SHARE = {"fast": None, "standard": 0.25, "thorough": None}
+CURVE_MIN_POINTS = 16
 
 
-def suite_stages(version: str, norm: str) -> list[Stage]:
+def _stages(version: str, norm: str, detector_aware: bool) -> list[Stage]:
+    iters = _ITERS[version]
+    stages = [Stage("apgd-ce", "apgd", {"loss": "ce", "n_iter": iters}, "white-box"),
+              Stage("apgd-t", "apgd-t", {"n_iter": iters, "n_target_classes": _TARGETS[version]}, "white-box")]
+    if version == "thorough":
+        stages.insert(1, Stage("apgd-dlr", "apgd", {"loss": "dlr", "n_iter": iters, "restarts": 5}, "white-box"))
+    if detector_aware:  # neither view of a detector is always the stronger one, so both run (docs/BENCHMARKS.md)
+        stages += [replace(st, part=f"{st.part}-aware", view="detector-aware") for st in list(stages)]
+    if version != "fast":
+        stages.append(Stage("fmn", "fmn", {"steps": _FMN_STEPS[version]}, "minimal"))
+        if norm in get_attack("square").norms:
+            stages.append(Stage("square", "square", {"max_queries": _SQUARE_QUERIES[version]}, "black-box",
+                                canary=SQUARE_CANARY[version]))
+    return stages
+
+
+def suite_stages(version: str, norm: str, detector_aware: bool = False) -> list[Stage]:
+    """The cascade of ``version``; ``detector_aware`` adds the white-box stages again on a detector's
+    detector-aware surrogate."""
     if version not in VERSIONS:
         from bastion.errors import InvalidInputError
 
         raise InvalidInputError(f"Unknown suite version {version!r}; use one of {', '.join(VERSIONS)}.")
-    return _stages(version, norm)
+    return _stages(version, norm, detector_aware)
 
 
 @dataclass(frozen=True)
 class StageOutcome:
+    """``canary``: points in the stage's canary sample (0: no canary); ``escalated``: the canary broke a point, so
+    the stage then ran at its full budget on every point the canary left robust (``attacked`` covers both runs,
+    ``result`` holds the later run's outcome for a point attacked twice, with the passes of both)."""
+
     stage: Stage
     attacked: Tensor  # (N,) bool: points this stage ran on
     result: AttackResult  # on the attacked subset, in subset order
     seconds: float
     peak_rss_mb: float
+    canary: int = 0
+    escalated: bool = False
 
 
 @dataclass
@@ -88,11 +132,37 @@ class SuiteOutcome:
     def robust(self) -> Tensor:
         return self.clean_correct & ~self.broken
 
+    @property
+    def escalated(self) -> list[str]:
+        """Canary stages that found a break the gradient-based stages missed (a gradient-masking sign)."""
+        return [s.stage.part for s in self.stages if s.escalated]
+
 
 def _peak_rss_mb() -> float:
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """One batch and how to attack it (everything a stage needs besides the points to attack)."""
+
+    model: nn.Module
+    inputs: Tensor
+    labels: Tensor
+    threat: LpThreat
+    adapt: Adaptation | None
+    generator: torch.Generator | None
+    detector_adapt: Adaptation | None = None
+
+    def attack(self, stage: Stage, todo: Tensor) -> AttackResult:
+        idx = todo.nonzero().flatten()
+        x, y = self.inputs[idx.to(self.inputs.device)], self.labels[idx.to(self.labels.device)]
+        adapt = None if stage.role == "black-box" else \
+            self.detector_adapt if stage.view == "detector-aware" else self.adapt
+        return run_attack(self.model, x, y, self.threat.select(idx), stage.attack, generator=self.generator,
+                          adapt=adapt, **stage.params)
 
 
 def run_suite(
@@ -105,29 +175,91 @@ def run_suite(
     adapt: Adaptation | None = None,
     generator: torch.Generator | None = None,
     on_stage: Callable[[StageOutcome], None] | None = None,
+    detector_adapt: Adaptation | None = None,
 ) -> SuiteOutcome:
-    """Run the cascade of ``version`` on one batch. Success is re-checked by the runner at every stage."""
+    """Run the cascade of ``version`` on one batch. Success is re-checked by the runner at every stage.
+    ``detector_adapt`` (a detector's detector-aware view, ``evaluate.adaptive.detector_adaptation``) adds the
+    white-box stages again on that view."""
     with torch.no_grad():
         clean_correct = (model(inputs).argmax(1) == labels).cpu()
     n = inputs.shape[0]
     out = SuiteOutcome(clean_correct, torch.zeros(n, dtype=torch.bool), torch.full((n,), float("inf")),
                        [None] * n, inputs.detach().cpu().clone())
-    for stage in suite_stages(version, threat.norm):
-        todo = _curve_subset(clean_correct, CURVE_POINTS[version]) if stage.role == "minimal" else \
-            clean_correct & ~out.broken
+    batch = _Batch(model, inputs, labels, threat, adapt, generator, detector_adapt)
+    for stage in suite_stages(version, threat.norm, detector_adapt is not None):
+        todo = _curve_subset(clean_correct, _curve_cap(version, stage, out.stages)) if stage.role == "minimal" \
+            else clean_correct & ~out.broken
         if not todo.any():
             continue
-        idx = todo.nonzero().flatten()
-        start = time.perf_counter()
-        result = run_attack(model, inputs[idx.to(inputs.device)], labels[idx.to(labels.device)],
-                            threat.select(idx), stage.attack, generator=generator,
-                            adapt=adapt if stage.role != "black-box" else None, **stage.params)
-        outcome = StageOutcome(stage, todo, result, time.perf_counter() - start, _peak_rss_mb())
-        _merge(out, idx, result, stage.part)
+        outcome = _run_stage(batch, stage, todo)
+        _merge(out, outcome.attacked.nonzero().flatten(), outcome.result, stage.part)
         out.stages.append(outcome)
         if on_stage:
             on_stage(outcome)
     return out
+
+
+def _run_stage(batch: _Batch, stage: Stage, todo: Tensor) -> StageOutcome:
+    start = time.perf_counter()
+    if stage.canary is None:
+        return StageOutcome(stage, todo, batch.attack(stage, todo), time.perf_counter() - start, _peak_rss_mb())
+    sample = _random_subset(todo, stage.canary.points, batch.generator)
+    first = batch.attack(replace(stage, params={**stage.params, **stage.canary.params}), sample)
+    size = int(sample.sum())
+    if not first.success.any():
+        return StageOutcome(stage, sample, first, time.perf_counter() - start, _peak_rss_mb(), canary=size)
+    rest = todo.clone()
+    rest[sample.nonzero().flatten()[first.success]] = False
+    result = _combine([(sample, first), (rest, batch.attack(stage, rest))], batch.threat)
+    return StageOutcome(stage, sample | rest, result, time.perf_counter() - start, _peak_rss_mb(), canary=size,
+                        escalated=True)
+
+
+def _random_subset(mask: Tensor, k: int, generator: torch.Generator | None) -> Tensor:
+    """``k`` of the ``True`` entries of ``mask`` (all if fewer), drawn from ``generator`` (a fixed seed without
+    one, so the global RNG is left alone)."""
+    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    idx = mask.nonzero().flatten()
+    pick = torch.randperm(idx.numel(), generator=gen, device=gen.device)[:k].cpu()
+    keep = torch.zeros_like(mask)
+    keep[idx[pick]] = True
+    return keep
+
+
+_PER_POINT = ("adversarial", "clean_pred", "adv_pred", "clean_correct", "success", "norm")
+
+
+def _combine(parts: list[tuple[Tensor, AttackResult]], threat: LpThreat) -> AttackResult:
+    """Runs of one attack on subsets (``(N,)`` masks) of a batch as one result on their union, in subset order.
+
+    A point in several subsets keeps the outcome of the last run that attacked it, and the passes of all of them.
+    """
+    union = torch.zeros_like(parts[0][0])
+    for mask, _ in parts:
+        union |= mask
+    pos = union.long().cumsum(0) - 1  # row of each batch point in the union subset
+    size, first = int(union.sum()), parts[0][1]
+    values = {name: getattr(first, name).new_zeros((size, *getattr(first, name).shape[1:])) for name in _PER_POINT}
+    forward, backward = torch.zeros(size, dtype=torch.long), torch.zeros(size, dtype=torch.long)
+    for mask, result in parts:
+        rows = pos[mask]
+        for name in _PER_POINT:
+            values[name][rows] = getattr(result, name)
+        forward.index_add_(0, rows, result.counts.forward)
+        backward.index_add_(0, rows, result.counts.backward)
+    return replace(first, **values, threat=threat.select(union.nonzero().flatten()), counts=Counts(forward, backward),
+                   params=parts[-1][1].params, seconds=sum(r.seconds for _, r in parts),
+                   outside_threat=sum(r.outside_threat for _, r in parts))
+
+
+def _curve_cap(version: str, stage: Stage, done: list[StageOutcome]) -> int | None:
+    """How many correct points the minimum-norm ``stage`` may run on (``None``: all)."""
+    cap, share = CURVE_POINTS[version], CURVE_SHARE[version]
+    if cap is None or share is None:
+        return cap
+    spent = sum(s.result.counts.total_forward + s.result.counts.total_backward for s in done)
+    per_point = 2 * int(stage.params.get("steps", 100)) + 1  # FMN: steps + 1 forward, steps backward passes
+    return min(cap, max(CURVE_MIN_POINTS, int(share * spent / per_point)))
 
 
 def _curve_subset(clean_correct: Tensor, cap: int | None) -> Tensor:

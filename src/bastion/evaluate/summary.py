@@ -64,7 +64,8 @@ def summarize(store: Store, run_id: str, config: EvalConfig, num_classes: int) -
     broken = sum(r["success"] for r in worst)
     stages = {}
     first: dict[str, int] = {}
-    for stage in suite_stages(config.suite or "standard", config.norm):
+    aware = bool((store.get_artifact(run_id, "adaptation") or {}).get("detector_aware"))
+    for stage in suite_stages(config.suite or "standard", config.norm, aware):
         if stage.part in store.parts(run_id):
             stages[stage.part] = _attack_summary(store, run_id, stage.part, n) | {
                 "attack": stage.attack, "params": stage.params, "role": stage.role,
