@@ -167,7 +167,7 @@ def test_canary_escalates_when_square_beats_masked_gradients(
     assert int(left.sum()) > 8 and torch.equal(sq.attacked, left)  # then on every point still robust
     assert sq.result.success.sum() > 1
     # ``max_queries`` is the runner's per-point query budget: 100 in the canary, then 300 more in the escalation.
-    assert int(sq.result.counts.forward.max()) > 100 and int(sq.result.counts.forward.max()) <= 400
+    assert int(sq.result.counts.forward.max()) <= 100 + 300  # canary budget + full budget, never more
     _assert_breaks_are_real(model, x, y, threat, out)
 
 

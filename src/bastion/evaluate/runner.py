@@ -7,6 +7,7 @@ already misclassifies are not attacked (they are not robust) and cost nothing.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -129,6 +130,8 @@ def _run(
     adversarial = inputs.detach().clone()
     counts = Counts(torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long))
     start = time.perf_counter()
+    if max_queries is not None and "max_queries" in inspect.signature(spec.fn).parameters:
+        params = {"max_queries": max_queries, **params}  # the attack plans its schedule for the budget it gets
     if idx.numel():
         counting = CountingModel(adapt.surrogate or model, idx.numel(), max_queries=max_queries)
         seen = adapt.wrap(counting) if adapt.wrap is not None else counting
