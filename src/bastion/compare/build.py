@@ -18,7 +18,7 @@ import json
 import math
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +109,7 @@ def _train_standard(config: CompareConfig, out: Path, seed: int) -> tuple[nn.Mod
     model.eval()
     meta = CheckpointMeta(arch=config.arch, input_shape=data.spec.shape, num_classes=data.spec.num_classes,
                           dataset=config.dataset, arch_kwargs=dict(config.arch_kwargs), seed=seed,
-                          recipe={"method": "standard", "train_subset": budget.train_subset, **tc.__dict__},
+                          recipe={"method": "standard", "train_subset": budget.train_subset, **asdict(tc)},
                           metrics={"test_accuracy": accuracy(model, data.test), "train_seconds": history.seconds})
     save_checkpoint(model, out, meta)
     return model, {"train_seconds": history.seconds, "forward_passes": history.forward_passes,

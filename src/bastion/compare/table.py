@@ -76,8 +76,10 @@ def _row(config: CompareConfig, store: Store, name: str, jobs: list[tuple[Any, s
          builds: dict[str, dict[str, Any]], base_train: float) -> dict[str, Any]:
     entry, build = config.entry(name), builds[name]
     runs = {job.role: (job, rid) for job, rid in jobs if job.role in ("main", "non-adaptive", "certify")}
-    main = _summary(store, runs["main"][1]) if "main" in runs else {}
-    naive = _summary(store, runs["non-adaptive"][1]) if "non-adaptive" in runs else {}
+    by_run = {rid: _summary(store, rid) for _, rid in jobs}
+    summaries = list(by_run.values())
+    main = by_run[runs["main"][1]] if "main" in runs else {}
+    naive = by_run[runs["non-adaptive"][1]] if "non-adaptive" in runs else {}
     train = _train_seconds(config, builds, name)
     row: dict[str, Any] = {
         "defense": name, "method": entry.method, "kind": entry.kind, "n": main.get("n"),
@@ -87,23 +89,22 @@ def _row(config: CompareConfig, store: Store, name: str, jobs: list[tuple[Any, s
         "adaptation": main.get("adaptation_notes", []),
         "train_seconds": train, "train_multiple": train / base_train if base_train > 0 else None,
         "latency_multiple": build.get("latency_multiple"),
-        "eval_seconds": sum(_summary(store, rid).get("attack_seconds", 0.0) + _summary(store, rid).get(
-            "certify_seconds", 0.0) for _, rid in jobs),
-        "eval_passes": sum(_passes(_summary(store, rid)) for _, rid in jobs),
+        "eval_seconds": sum(s.get("attack_seconds", 0.0) + s.get("certify_seconds", 0.0) for s in summaries),
+        "eval_passes": sum(_passes(s) for s in summaries),
     }
     row["gap"] = (row["robust_non_adaptive"] - row["robust_adaptive"]
                   if row["robust_non_adaptive"] is not None and row["robust_adaptive"] is not None else None)
-    row["generalization"] = [{"threat": job.label, "robust": _summary(store, rid).get("robust_accuracy"),
+    row["generalization"] = [{"threat": job.label, "robust": by_run[rid].get("robust_accuracy"),
                               "black_box": bool(job.config.get("attack")), "run": rid}
                              for job, rid in jobs if job.role == "general"]
     row["curve"] = sorted(
-        [{"eps": job.config["eps"], "robust": _summary(store, rid).get("robust_accuracy"), "run": rid}
+        [{"eps": job.config["eps"], "robust": by_run[rid].get("robust_accuracy"), "run": rid}
          for job, rid in jobs if job.role in ("main", "curve")
          or (job.role == "general" and job.config["norm"] == config.threat.norm and not job.config.get("attack"))],
         key=lambda p: p["eps"])
     if "certify" in runs:
         job, rid = runs["certify"]
-        s = _summary(store, rid)
+        s = by_run[rid]
         row["certified"] = {"threat": job.label, "accuracy": s.get("certified_accuracy_at_eps"),
                             "clean": s.get("certified_clean_accuracy"), "abstention": s.get("abstention_rate"),
                             "run": rid}
