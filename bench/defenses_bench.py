@@ -23,9 +23,9 @@ from typing import Any
 
 import torch
 
-from bastion.cli.defend import median_latency
 from bastion.data import load_dataset
 from bastion.defenses.inference import accuracy, build_defense, false_rejection_rate, train_distilled
+from bastion.defenses.inference.base import median_latency
 from bastion.defenses.inference.detectors import detector_aware_surrogate
 from bastion.evaluate.adaptive import build_adaptation, probe
 from bastion.evaluate.runner import Adaptation, run_attack

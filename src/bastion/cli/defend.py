@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import statistics
 import time
 from typing import Any
 
@@ -49,20 +48,6 @@ def list_cmd() -> None:
     console.print(table)
 
 
-def median_latency(model: Any, x: Any, repeats: int = 5) -> float:
-    """Median wall time of ``repeats`` forward passes of ``model`` on ``x`` (after one warm-up)."""
-    import torch
-
-    with torch.no_grad():
-        model(x)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def evaluate_defense(defended: Any, base: Any, x: Any, y: Any, threat: Any, *, version: str = "fast",
                      eot_samples: int = 20, seed: int = 0, repeats: int = 5) -> dict[str, Any]:
     """Clean cost, inference overhead, and the standard suite non-adaptively and adaptively (probe plan; for a
@@ -70,6 +55,7 @@ def evaluate_defense(defended: Any, base: Any, x: Any, y: Any, threat: Any, *, v
     import torch
 
     from bastion.defenses.inference import accuracy, false_rejection_rate
+    from bastion.defenses.inference.base import median_latency
     from bastion.defenses.inference.detectors import detector_aware_surrogate
     from bastion.evaluate.adaptive import build_adaptation, probe
     from bastion.evaluate.runner import Adaptation

@@ -197,25 +197,16 @@ def _build_inference(config: CompareConfig, entry: DefenseEntry, workdir: Path
     return module, {"train_seconds": spent, "build_seconds": time.perf_counter() - start}
 
 
-def median_latency(module: nn.Module, x: torch.Tensor, repeats: int = LATENCY_REPEATS) -> float:
-    with torch.no_grad():
-        module(x)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            module(x)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def _latency(config: CompareConfig, module: nn.Module, baseline: nn.Module) -> dict[str, float]:
     """Median forward time of ``module`` and of the baseline on the same batch, measured alternately."""
     data = load_dataset(config.dataset, seed=config.seed)
     x = data.test.x[:config.eval.latency_points]
+    from bastion.defenses.inference.base import median_latency
+
     own, bare = [], []
     for _ in range(3):
-        bare.append(median_latency(baseline, x))
-        own.append(median_latency(module, x))
+        bare.append(median_latency(baseline, x, LATENCY_REPEATS))
+        own.append(median_latency(module, x, LATENCY_REPEATS))
     t_own, t_bare = statistics.median(own), statistics.median(bare)
     return {"latency_seconds": t_own, "baseline_latency_seconds": t_bare,
             "latency_multiple": t_own / max(t_bare, 1e-9), "latency_points": int(x.shape[0])}

@@ -136,3 +136,18 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 500) -> f
     hits = sum(int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
                for i in range(0, len(x), batch_size))
     return hits / max(len(x), 1)
+
+
+def median_latency(model: nn.Module, x: Tensor, repeats: int = 5) -> float:
+    """Median wall time of ``repeats`` forward passes of ``model`` on ``x`` (after one warm-up), in seconds."""
+    import statistics
+    import time
+
+    with torch.no_grad():
+        model(x)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
