@@ -20,57 +20,58 @@ from bastion.attacks.losses import is_adversarial
 from bastion.oracle import attribute
 from bastion.threat import LpThreat
 
-TINY = 1e-4  # the paper's code adds this to the step to cross the boundary
+TINY = 1e-4  # the authors' code adds this to the distance to the boundary, to cross it
 
 
 def _view(v: Tensor, like: Tensor) -> Tensor:
     return v.view(-1, *([1] * (like.dim() - 1)))
 
 
-def _boundaries(model: nn.Module, x_adv: Tensor, labels: Tensor, others: Tensor | None, index: Tensor,
-                ) -> tuple[Tensor, Tensor, Tensor]:
-    """Logits, f_k = z_k - z_own and w_k = grad f_k for each considered class k, as (N, K) and (N, K, ...).
+def _boundaries(model: nn.Module, x_adv: Tensor, labels: Tensor, others: Tensor | None, index: Tensor, *,
+                targeted: bool, candidates: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Logits, f_k = z_k - z_own, w_k = grad f_k for each considered class k, and those classes.
 
-    Untargeted (``others`` given): own = the label, k in ``others``. Targeted (``others`` None):
-    k = the target, own = the current best non-target class.
+    Untargeted: own = the label, k in ``others`` (on the first call, when ``others`` is None, the
+    ``candidates - 1`` most likely non-label classes at ``x_adv``). Targeted: k = the target, own = the
+    current best non-target class.
     """
     x_adv = x_adv.detach().requires_grad_(True)
     with attribute(model, index):
         logits = model(x_adv)
-    if others is None:
+    if targeted:
         own = logits.detach().scatter(1, labels[:, None], float("-inf")).argmax(1)
         others = labels[:, None]
     else:
         own = labels
+        if others is None:
+            others = _classes(logits.detach(), labels, candidates)
     diffs = logits.gather(1, others) - logits.gather(1, own[:, None])
     grads = [
         torch.autograd.grad(diffs[:, k].sum(), x_adv, retain_graph=k < diffs.shape[1] - 1)[0]
         for k in range(diffs.shape[1])
     ]
-    return logits.detach(), diffs.detach(), torch.stack(grads, 1)
+    return logits.detach(), diffs.detach(), torch.stack(grads, 1), others
 
 
 def _step(diffs: Tensor, grads: Tensor, norm: str) -> Tensor:
-    """Step onto the nearest linearized boundary: |f_l| / ||w_l||_q^q * w_l (L2) or sign(w_l) (L-inf)."""
+    """Step onto the nearest linearized boundary, a little past it: the distance |f_l| / ||w_l||_q plus
+    ``TINY`` along w_l / ||w_l||_2 (L2) or sign(w_l) (L-inf), as in the authors' code."""
     flat = grads.flatten(2)  # (N, K, D)
     dual = flat.norm(p=2 if norm == "l2" else 1, dim=2).clamp_min(1e-12)  # (N, K)
     dist = diffs.abs() / dual
     nearest = dist.argmin(1)
-    pick = nearest[:, None]
-    f = diffs.gather(1, pick).squeeze(1).abs() + TINY
-    w = flat[torch.arange(flat.shape[0], device=flat.device), nearest]
-    d = dual.gather(1, pick).squeeze(1)
-    step = w * (f / d**2)[:, None] if norm == "l2" else w.sign() * (f / d)[:, None]
+    rows = torch.arange(flat.shape[0], device=flat.device)
+    length = dist[rows, nearest] + TINY
+    w = flat[rows, nearest]
+    step = w * (length / dual[rows, nearest])[:, None] if norm == "l2" else w.sign() * length[:, None]
     return step.view(grads.shape[0], *grads.shape[2:])
 
 
-def _classes(model: nn.Module, x: Tensor, labels: Tensor, candidates: int, index: Tensor) -> Tensor:
+def _classes(logits: Tensor, labels: Tensor, candidates: int) -> Tensor:
     """(N, K) classes whose boundaries are considered: the most likely non-label classes (untargeted)."""
-    with torch.no_grad(), attribute(model, index):
-        logits = model(x)
     ranking = logits.argsort(1, descending=True)
     k = max(1, min(candidates, logits.shape[1]) - 1)
-    others = ranking[ranking != labels[:, None]].view(x.shape[0], -1)
+    others = ranking[ranking != labels[:, None]].view(logits.shape[0], -1)
     return others[:, :k]
 
 
@@ -100,15 +101,19 @@ def deepfool(
     n = x.shape[0]
     keep_mask = None if threat.mask is None else threat.mask.to(device=x.device, dtype=x.dtype).expand_as(x)
     active = torch.arange(n, device=x.device)
-    others = None if targeted else _classes(model, x, labels, candidates, active)
+    others: Tensor | None = None  # candidate classes, ranked by the clean logits on the first iteration
     r_total = torch.zeros_like(x)
     best = x.clone()
     x_adv = x.clone()
+    scale = 1 + overshoot
     for it in range(max_iter + 1):
         xa, ya = x_adv[active], labels[active]
         if it < max_iter:
             cls = None if others is None else others[active]
-            logits, diffs, grads = _boundaries(model, xa, ya, cls, active)
+            logits, diffs, grads, cls = _boundaries(model, xa, ya, cls, active, targeted=targeted,
+                                                    candidates=candidates)
+            if others is None and not targeted:
+                others = cls
         else:
             with torch.no_grad(), attribute(model, active):
                 logits = model(xa)
@@ -121,5 +126,8 @@ def deepfool(
         if keep_mask is not None:
             grads = grads * keep_mask[active][:, None]
         r_total[active] += _step(diffs, grads, threat.norm)
-        x_adv[active] = (x[active] + (1 + overshoot) * r_total[active]).clamp(threat.lower, threat.upper)
+        x_adv[active] = (x[active] + scale * r_total[active]).clamp(threat.lower, threat.upper)
+        # keep the accumulated step equal to what the box let through: a component clipped away at a
+        # pixel's bound must not have to be undone by later steps before they take effect there
+        r_total[active] = (x_adv[active] - x[active]) / scale
     return best.detach()
