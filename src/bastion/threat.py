@@ -89,9 +89,12 @@ class LpThreat:
 
     def project(self, x_adv: Tensor, inputs: Tensor) -> Tensor:
         """Nearest point (per sample) of the threat set: ball projection, then box clip, then mask."""
-        delta = x_adv - inputs
-        eps = self.eps_for(inputs)
-        delta = project_ball(delta, eps, self.norm)
+        return self.project_radius(x_adv, inputs, self.eps_for(inputs))
+
+    def project_radius(self, x_adv: Tensor, inputs: Tensor, eps: Tensor) -> Tensor:
+        """``project`` with the per-sample radius ``eps`` (an ``(N,)`` tensor) given, for attacks whose working
+        batch is a subset of the threat's samples; the radius is trusted (no validation in the hot loop)."""
+        delta = project_ball(x_adv - inputs, eps, self.norm)
         mask = self._mask_for(inputs)
         if mask is not None:
             delta = delta.masked_fill(~mask, 0.0)

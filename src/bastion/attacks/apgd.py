@@ -170,7 +170,7 @@ def _project(s: _State, point: Tensor, cfg: _Config) -> Tensor:
     t = cfg.threat
     if t.norm != "l1":
         # Per-sample eps of the working rows (the threat's own eps may be longer than the working batch).
-        return replace(t, eps=s.eps).project(point, s.x)
+        return t.project_radius(point, s.x, s.eps)
     frozen = None if t.mask is None else ~t.mask.to(device=s.x.device, dtype=torch.bool).expand_as(s.x)
     return s.x + project_l1_box(point - s.x, s.x, s.eps, t.lower, t.upper, frozen)
 
@@ -246,12 +246,15 @@ def _run(model: nn.Module, x: Tensor, y: Tensor, targets: Tensor, threat: LpThre
         if k == 0:
             s = replace(s, f_best_last=values.clone())
         hit = is_adversarial(logits, s.y, cfg.targeted)
-        out[s.pos] = torch.where(_view(hit, s.x), s.x_cur, s.x_best)
-        out_loss[s.pos] = torch.where(hit, float("inf"), s.f_best)
-        broken[s.pos[hit]] = True
-        if hit.all() or k == cfg.n_iter:
+        any_hit = bool(hit.any())
+        if any_hit:  # broken points leave with the adversarial iterate
+            gone = s.pos[hit]
+            out[gone], out_loss[gone], broken[gone] = s.x_cur[hit], float("inf"), True
+        if k == cfg.n_iter or (any_hit and bool(hit.all())):
+            rest = ~hit  # the others leave with their best-loss point
+            out[s.pos[rest]], out_loss[s.pos[rest]] = s.x_best[rest], s.f_best[rest]
             break
-        if hit.any():
+        if any_hit:
             s = s.take(~hit)
         if k in marks:
             s, last_mark = _checkpoint(s, cfg, k - last_mark), k

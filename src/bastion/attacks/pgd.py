@@ -75,32 +75,39 @@ def _run(
     steps: int, random_init: bool, loss: str, targeted: bool, l1_sparsity: float,
     generator: torch.Generator | None,
 ) -> tuple[Tensor, Tensor]:
-    """One PGD run from one start. Returns (best iterate per point, broken mask)."""
+    """One PGD run from one start. Returns (best iterate per point, broken mask).
+
+    The working tensors hold only the points still attacked (a broken point leaves them at once), so
+    each iteration costs what its shrinking batch costs and no more.
+    """
     loss_fn = LOSSES[loss]
-    x_adv = threat.random_start(x, generator) if random_init else x.clone()
-    out = x_adv.clone()
-    best_loss = torch.full((x.shape[0],), float("-inf"), device=x.device)
+    start = threat.random_start(x, generator) if random_init else x.clone()
+    out = start.clone()
     broken = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-    active = torch.arange(x.shape[0], device=x.device)
+    pos = torch.arange(x.shape[0], device=x.device)  # rows of this run's batch still attacked
+    xa, xc, ya, sa, ea = start, x, y, step, threat.eps_for(x)
+    best_x, best_loss = start, torch.full((x.shape[0],), float("-inf"), device=x.device)
     for t in range(steps + 1):
-        xa = x_adv[active]
-        with attribute(model, index[active]):
+        with attribute(model, index[pos]):
             if t < steps:
-                logits, grad = input_gradient(model, xa, y[active], loss_fn, targeted)
+                logits, grad = input_gradient(model, xa, ya, loss_fn, targeted)
             else:
                 with torch.no_grad():
                     logits = model(xa)
-        values = loss_fn(logits, y[active], targeted)
-        hit = is_adversarial(logits, y[active], targeted)
-        better = (values > best_loss[active]) | hit
-        out[active[better]] = xa[better]
-        best_loss[active[better]] = values[better]
-        broken[active[hit]] = True
-        if t == steps or hit.all():
+        values = loss_fn(logits, ya, targeted)
+        hit = is_adversarial(logits, ya, targeted)
+        better = (values > best_loss) | hit
+        best_x = torch.where(better.view(-1, *([1] * (x.dim() - 1))), xa, best_x)
+        best_loss = torch.where(better, values, best_loss)
+        if t == steps or bool(hit.all()):
+            out[pos], broken[pos] = best_x, hit
             break
-        keep = ~hit
-        active, grad = active[keep], grad[keep]
-        moved = x_adv[active] + lp_step(grad, step[active], threat.norm, x=x_adv[active],
-                                        lower=threat.lower, upper=threat.upper, l1_sparsity=l1_sparsity)
-        x_adv[active] = threat.select(active).project(moved, x[active])
+        if bool(hit.any()):
+            out[pos[hit]], broken[pos[hit]] = xa[hit], True
+            keep = ~hit
+            pos, xa, xc, ya, sa, ea = pos[keep], xa[keep], xc[keep], ya[keep], sa[keep], ea[keep]
+            best_x, best_loss, grad = best_x[keep], best_loss[keep], grad[keep]
+        moved = xa + lp_step(grad, sa, threat.norm, x=xa, lower=threat.lower, upper=threat.upper,
+                             l1_sparsity=l1_sparsity)
+        xa = threat.project_radius(moved, xc, ea)
     return out, broken
