@@ -259,6 +259,51 @@ def speed_ratio(seconds: float, fwd_per_point: float, bwd_per_point: float, t_fb
     return seconds / ideal if ideal > 0 else float("nan")
 
 
+class BatchLog(nn.Module):
+    """Records the batch size of every forward call and whether a backward pass went through it."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.calls: list[list[int]] = []  # [rows, backward 0/1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        call = [x.shape[0], 0]
+        self.calls.append(call)
+        out = self.model(x)
+        if out.requires_grad:
+            def hook(g: Tensor) -> None:
+                call[1] = 1
+
+            out.register_hook(hook)
+        return out
+
+
+def batch_aware_limit(model: nn.Module, x: Tensor, calls: list[list[int]], reps: int = 5) -> float:
+    """The compute limit of a run that made ``calls``: the sum over its forward calls of the measured time of
+    a forward+backward (calls with a backward) or forward-only pass *at that call's batch size*. Unit times are
+    measured on a grid of batch sizes (powers of two and ``len(x)``) and interpolated linearly in between, so a
+    per-sample early-stopping attack is compared with what its shrinking batches cost, not with the per-sample
+    cost of the full batch (small batches cost more per sample on any hardware)."""
+    if not calls:
+        return float("nan")
+    n = x.shape[0]
+    grid = sorted({min(2**k, n) for k in range(n.bit_length() + 1)} | {n})
+    units = {g: unit_times(model, x[:g], reps) for g in grid}
+
+    def at(b: int, which: int) -> float:
+        if b > n:
+            return units[n][which] * b / n
+        hi = next(g for g in grid if g >= b)
+        lo = max([g for g in grid if g <= b], default=hi)
+        if hi == lo:
+            return units[hi][which]
+        w = (b - lo) / (hi - lo)
+        return (1 - w) * units[lo][which] + w * units[hi][which]
+
+    return sum(at(rows, 0 if back else 1) for rows, back in calls)
+
+
 def interleave(runners: dict[str, Callable[[], dict[str, Any]]], reps: int,
                log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
     """Run each runner ``reps`` times, alternating between them; keep the last result and all wall times."""
@@ -329,7 +374,7 @@ def md_whitebox(doc: dict[str, Any]) -> str:
     lines = ["| model | attack | norm, eps | attacked/points | library | "
              "robust acc (budget) or success / median norm / "
              "robust acc at eps (min-norm) | passes per point (fwd/bwd) | wall s (median, reps) | bastion speed ratio "
-             "| bastion time / fastest peer |", "|" + "---|" * 10]
+             "(per point / batch-aware) | bastion time / fastest peer |", "|" + "---|" * 10]
     for r in doc["rows"]:
         for lib in LIBS:
             v = r["results"].get(lib)
@@ -344,7 +389,11 @@ def md_whitebox(doc: dict[str, Any]) -> str:
                         f"{fmt(v['robust_accuracy_at_eps'], 4)}")
             passes = f"{v.get('fwd_per_point', '-')}/{v.get('bwd_per_point', '-')}" if "error" not in v else "-"
             t = f"{fmt(v.get('seconds_median'), 2)} ({len(v.get('times', []))})"
-            ratio = fmt(v.get("speed_ratio"), 2) if lib == "bastion" else ""
+            ratio = ""
+            if lib == "bastion":
+                ratio = fmt(v.get("speed_ratio"), 2)
+                if v.get("speed_ratio_batch_aware") is not None:
+                    ratio += f" / {fmt(v['speed_ratio_batch_aware'], 2)}"
             vs = f"{fmt(r['time_vs_fastest_peer'], 2)} ({r['fastest_peer']})" if lib == "bastion" and r[
                 "fastest_peer"] else ""
             lines.append(f"| {r['model']} | {r['attack']} | {r['norm']}, {r['eps']} | {r['attacked']}/{r['points']} | "

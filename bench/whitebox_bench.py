@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 import common
-from bastion.evaluate.runner import run_attack
+from bastion.evaluate.runner import Adaptation, run_attack
 from bastion.threat import LpThreat
 
 common.setup()
@@ -182,10 +182,17 @@ def bench_one(model: nn.Module, model_name: str, attack: str, norm: str, eps: fl
                 "robust_accuracy_at_eps": round(int((norms > eps).sum()) / n_total, 4)}
 
     def run_bastion() -> dict[str, Any]:
-        res = run_attack(model, x, y, threat, name, generator=torch.Generator().manual_seed(0), **hyper)
+        logs: list[common.BatchLog] = []
+
+        def log(m: nn.Module) -> nn.Module:
+            logs.append(common.BatchLog(m))
+            return logs[-1]
+
+        res = run_attack(model, x, y, threat, name, generator=torch.Generator().manual_seed(0),
+                         adapt=Adaptation(wrap=log), **hyper)
         fwd, bwd = res.counts.total_forward / n, res.counts.total_backward / n
         extra.setdefault("attack_seconds", []).append(res.seconds)
-        extra.update(fwd=fwd, bwd=bwd, outside=res.outside_threat)
+        extra.update(fwd=fwd, bwd=bwd, outside=res.outside_threat, calls=logs[0].calls if logs else [])
         return {**summarize(res.robust, res.norm), "fwd_per_point": round(fwd, 2), "bwd_per_point": round(bwd, 2),
                 "attack_seconds": round(res.seconds, 3)}
 
@@ -220,6 +227,10 @@ def bench_one(model: nn.Module, model_name: str, attack: str, norm: str, eps: fl
     b["speed_ratio"] = round(common.speed_ratio(statistics.median(extra["attack_seconds"]), extra["fwd"], extra["bwd"],
                                                 t_fb, t_f), 3)
     b["outside_threat"] = extra["outside"]
+    # the same passes timed at the batch sizes the attack actually used (early stopping shrinks them)
+    limit = common.batch_aware_limit(model, x, extra["calls"])
+    b["batch_aware_limit_seconds"] = round(limit, 3)
+    b["speed_ratio_batch_aware"] = round(statistics.median(extra["attack_seconds"]) / limit, 3)
     peer_times = {k: v["seconds_median"] for k, v in res.items() if k != "bastion" and "error" not in v}
     fastest = min(peer_times, key=peer_times.get) if peer_times else None
     return {"model": model_name, "attack": attack, "norm": norm, "eps": eps, "settings": SETTINGS[attack],
