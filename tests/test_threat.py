@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bastion.errors import InvalidInputError
-from bastion.threat import LpThreat, project_ball
+from bastion.threat import LpThreat, project_ball, sample_ball
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
@@ -57,3 +57,14 @@ def test_bad_norm_and_per_sample_mismatch() -> None:
         LpThreat("l3", 0.1)  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError, match="one radius per input"):
         LpThreat("l2", torch.ones(3)).eps_for(torch.zeros(4, 2))
+
+
+def test_l2_random_start_radius_is_uniform_and_volume_sampling_sits_near_the_sphere() -> None:
+    g = torch.Generator().manual_seed(3)
+    x = torch.full((4000, 1, 8, 8), 0.5)  # far enough from the box that clipping never acts at eps 0.4
+    threat = LpThreat("l2", 0.4)
+    r = threat.norm_of(threat.random_start(x, g) - x)
+    assert abs(float(r.mean()) - 0.2) < 0.01  # E[U(0, eps)] = eps / 2
+    assert abs(float((r < 0.1).float().mean()) - 0.25) < 0.03
+    v = sample_ball(x.shape, torch.full((4000,), 0.4), "l2", g, x.device, x.dtype).flatten(1).norm(dim=1)
+    assert abs(float(v.mean()) - 0.4 * 64 / 65) < 0.01  # E[eps * U^(1/d)] = eps * d / (d + 1)

@@ -113,9 +113,14 @@ class LpThreat:
         return inside & in_box & frozen_ok
 
     def random_start(self, inputs: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """A point drawn uniformly from the ball (then clipped to the box and mask)."""
+        """A random point of the ball (then clipped to the box and mask): uniform in the L-inf and L1 balls; for L2
+        a uniform direction at a radius uniform in [0, eps], as torchattacks' PGDL2 does. The L2 ball's volume
+        sits almost entirely near its sphere (radius ~ eps * u^(1/d)), and starting there measured weaker:
+        PGD-L2 (40 steps) on scikit-learn digits, eps 0.5, 500 points, 5 seeds, robust accuracy 57.8% from this
+        start vs 58.8% from the volume-uniform one (PGD-trained model 77.6% vs 78.0%; APGD-L2 unchanged)."""
         eps = self.eps_for(inputs)
-        delta = sample_ball(inputs.shape, eps, self.norm, generator, inputs.device, inputs.dtype)
+        radius = "uniform" if self.norm == "l2" else "volume"
+        delta = sample_ball(inputs.shape, eps, self.norm, generator, inputs.device, inputs.dtype, radius=radius)
         return self.project(inputs + delta, inputs)
 
 
@@ -160,8 +165,11 @@ def sample_ball(
     generator: torch.Generator | None,
     device: torch.device,
     dtype: torch.dtype,
+    *,
+    radius: Literal["volume", "uniform"] = "volume",
 ) -> Tensor:
-    """Uniform samples from the ``norm`` ball of per-sample radius ``eps``."""
+    """Random points of the ``norm`` ball of per-sample radius ``eps``: uniform in the ball (``radius="volume"``),
+    or a uniform direction at a distance uniform in [0, eps] (``radius="uniform"``)."""
     n, d = shape[0], math.prod(shape[1:])
     if norm == "linf":
         u = torch.rand((n, d), generator=generator, device=device, dtype=dtype) * 2 - 1
@@ -175,5 +183,7 @@ def sample_ball(
         sign = torch.randint(0, 2, (n, d), generator=generator, device=device).to(dtype) * 2 - 1
         direction = e * sign
         direction = direction / direction.abs().sum(1, keepdim=True).clamp_min(1e-12)
-    radius = torch.rand((n, 1), generator=generator, device=device, dtype=dtype) ** (1.0 / d)
-    return (direction * radius * eps[:, None]).view(shape)
+    r = torch.rand((n, 1), generator=generator, device=device, dtype=dtype)
+    if radius == "volume":
+        r = r ** (1.0 / d)
+    return (direction * r * eps[:, None]).view(shape)
