@@ -151,8 +151,23 @@ def test_bad_configs_fail_with_the_fix(tmp_path: Path) -> None:
 def test_presets_load_and_quick_overrides_apply() -> None:
     full, quick = load_compare("mnist"), load_compare("mnist", quick=True)
     assert quick.name == "mnist-quick" and quick.eval.n < full.eval.n and quick.train.epochs < full.train.epochs
-    assert quick.entry("diffpure").n == 16 and full.entry("diffpure").n == 100
+    assert quick.entry("diffpure").n == 16 and full.entry("diffpure").n == 32
+    assert quick.entry("ibp").params["epochs"] == 3 and "epochs" not in full.entry("ibp").params
     assert {d.method for d in full.defenses} >= {"standard", "pgd-at", "fast-at", "trades", "ensemble-average",
                                                  "dynamic-ensemble", "feature-squeezing-detector", "jpeg",
                                                  "distillation", "diffpure", "smoothing", "ibp", "pipeline"}
     assert load_compare("fashion-mnist").dataset == "fashion-mnist"
+
+
+def test_entry_eot_samples_reach_the_evaluation_but_not_the_build_key(tmp_path: Path) -> None:
+    from bastion.compare.build import build_key
+    from bastion.compare.run import _eval_config
+
+    config = load_compare(_write(tmp_path, TINY))
+    entry = config.entry("smoothing")
+    cheaper = entry.model_copy(update={"eot_samples": 5})
+    assert _eval_config(config, entry, tmp_path / "m.pt", config.threat)["eot_samples"] == 2
+    assert _eval_config(config, cheaper, tmp_path / "m.pt", config.threat)["eot_samples"] == 5
+    other = config.model_copy(update={"defenses": [cheaper if d.name == "smoothing" else d for d in config.defenses]})
+    assert build_key(other, cheaper) == build_key(config, entry)
+

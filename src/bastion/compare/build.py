@@ -56,7 +56,8 @@ def build_key(config: CompareConfig, entry: DefenseEntry) -> str:
     """Content hash of everything ``entry`` is built from, its dependencies' hashes included."""
     common = [config.dataset, config.arch, config.arch_kwargs, config.seed, config.train, config.threat]
     deps = [build_key(config, config.entry(d)) for d in dependencies(config, entry)]
-    return spec_hash(*common, entry.model_copy(update={"n": None, "generalization": True, "certify": None}), deps)
+    measured_only = {"n": None, "eot_samples": None, "generalization": True, "certify": None}
+    return spec_hash(*common, entry.model_copy(update=measured_only), deps)
 
 
 def module_path(workdir: Path, config: CompareConfig, entry: DefenseEntry) -> Path:
@@ -147,15 +148,16 @@ def _train_certified(config: CompareConfig, entry: DefenseEntry, out: Path) -> t
 
     budget, p = config.train, dict(entry.params)
     method = "gaussian" if entry.method == "smoothing" else entry.method
-    cfg = CertTrainConfig(method=method, epochs=budget.epochs, batch_size=budget.batch_size,
+    epochs = int(p.pop("epochs", budget.epochs))
+    cfg = CertTrainConfig(method=method, epochs=epochs, batch_size=budget.batch_size,
                           lr=float(p.pop("lr", budget.lr)), train_size=budget.train_subset, seed=config.seed,
                           eps=float(p.pop("eps", config.threat.eps if method != "gaussian" else 0.0)),
                           sigma=float(p.pop("sigma", 0.25)),
-                          warmup_epochs=float(p.pop("warmup_epochs", 0.1 * budget.epochs)),
-                          ramp_epochs=float(p.pop("ramp_epochs", 0.5 * budget.epochs)))
+                          warmup_epochs=float(p.pop("warmup_epochs", 0.1 * epochs)),
+                          ramp_epochs=float(p.pop("ramp_epochs", 0.5 * epochs)))
     if p:
         raise InvalidInputError(f"defense {entry.name!r}: unknown params {sorted(p)} for {entry.method}; "
-                                "allowed: lr, eps, sigma, warmup_epochs, ramp_epochs")
+                                "allowed: epochs, lr, eps, sigma, warmup_epochs, ramp_epochs")
     result = train_certified(cfg, dataset=config.dataset, arch=config.arch, arch_kwargs=dict(config.arch_kwargs),
                              out=out)
     model: nn.Module = result.model

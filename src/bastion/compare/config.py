@@ -81,6 +81,7 @@ class DefenseEntry(BaseModel):
     seeds: int = Field(0, ge=0, description="ensembles: extra standard models trained with other seeds")
     members: list[str] = Field(default_factory=list, description="ensembles: other defenses of the comparison")
     n: int | None = Field(None, gt=0, description="fewer test points for expensive defenses (e.g. diffpure)")
+    eot_samples: int | None = Field(None, gt=0, description="fewer EOT draws for expensive randomized defenses")
     generalization: bool = Field(True, description="False: evaluate at the trained-for threat only")
     certify: CertifySpec | None = None
 

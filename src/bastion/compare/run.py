@@ -80,7 +80,8 @@ def _eval_config(config: CompareConfig, entry: DefenseEntry, path: Path, threat:
     only (``checks``): at the other threats the curve and the generalization columns show the same evidence."""
     fields: dict[str, Any] = {
         "model": str(path), "dataset": config.dataset, "n": entry.n or config.eval.n, "norm": threat.norm,
-        "eps": threat.eps, "eot_samples": config.eval.eot_samples, "batch_size": config.eval.batch_size,
+        "eps": threat.eps, "eot_samples": entry.eot_samples or config.eval.eot_samples,
+        "batch_size": config.eval.batch_size,
         "seed": config.seed, "adaptive": adaptive, "outcome_checks": checks,
     }
     if threat.attack:
