@@ -45,7 +45,6 @@ from bastion.zoo.train import TrainConfig, accuracy, init_model, train_classifie
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "bench" / ".cache"
 RESULTS = ROOT / "bench" / "results"
-PGDAT_MNIST = ROOT / "src" / "bastion" / "zoo" / "weights" / "mnist-cnn-pgdat.safetensors"
 
 EPS = {"digits": {"linf": 0.2, "l2": 0.5}, "mnist": {"linf": 0.3, "l2": 2.0}}
 
@@ -155,11 +154,8 @@ def get_models(which: list[str], log: Callable[[str], None] = print) -> dict[str
             out[name] = digits_model("pgdat", log)
         elif name == "mnist-std":
             out[name] = load_model("mnist-cnn")[0].eval()
-        elif name == "mnist-pgdat":
-            if PGDAT_MNIST.exists():
-                out[name] = load_model(str(PGDAT_MNIST))[0].eval()
-            else:
-                log("mnist-pgdat: src/bastion/zoo/weights/mnist-cnn-pgdat.safetensors absent, skipped")
+        elif name == "mnist-pgdat":  # PGD-AT crown-cnn (docs/recipes/mnist-crown-pgd-at.yaml)
+            out[name] = load_model("mnist-crown-pgdat")[0].eval()
         else:
             raise ValueError(name)
     for m in out.values():

@@ -9,16 +9,18 @@ from bastion.defenses.training import robust_accuracy
 from bastion.threat import LpThreat
 from bastion.zoo import MODELS, load_model
 
-# name, data set, eps, clean floor, PGD-10 robust floor (well under the measured values in docs/BENCHMARKS.md)
-SHIPPED = [("mnist-cnn-fastat", "mnist", 0.3, 0.95, 0.5), ("fashion-cnn-fastat", "fashion-mnist", 0.1, 0.75, 0.5)]
+# name, method, data set, eps, clean floor, PGD-10 robust floor (well under the measured values in docs/BENCHMARKS.md)
+SHIPPED = [("mnist-cnn-fastat", "fast-at", "mnist", 0.3, 0.95, 0.5),
+           ("fashion-cnn-fastat", "fast-at", "fashion-mnist", 0.1, 0.75, 0.5),
+           ("mnist-crown-pgdat", "pgd-at", "mnist", 0.3, 0.95, 0.8)]
 
 
-@pytest.mark.parametrize(("name", "dataset", "eps", "clean_floor", "robust_floor"), SHIPPED)
-def test_adversarially_trained_zoo_model(name: str, dataset: str, eps: float, clean_floor: float,
+@pytest.mark.parametrize(("name", "method", "dataset", "eps", "clean_floor", "robust_floor"), SHIPPED)
+def test_adversarially_trained_zoo_model(name: str, method: str, dataset: str, eps: float, clean_floor: float,
                                          robust_floor: float) -> None:
     assert name in MODELS
     model, meta = load_model(name)
-    assert meta.recipe["defense"] == "fast-at" and meta.recipe["eps"] == eps and meta.dataset == dataset
+    assert meta.recipe["defense"] == method and meta.recipe["eps"] == eps and meta.dataset == dataset
     assert meta.metrics["cost"]["multiple_of_standard_training"] > 1
     test = load_dataset(dataset).test
     clean, robust = robust_accuracy(model, test.x[:100], test.y[:100], LpThreat("linf", eps), steps=10)

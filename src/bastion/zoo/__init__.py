@@ -42,6 +42,8 @@ _shipped("mnist-cnn", "mnist", "bastion's small CNN trained normally on MNIST (s
 _shipped("fashion-cnn", "fashion-mnist", "bastion's small CNN trained normally on Fashion-MNIST.")
 _shipped("mnist-cnn-fastat", "mnist", "Small CNN, Fast-AT (FGSM-RS) L-inf eps 0.3, 8 epochs (docs/TRAINING.md).")
 _shipped("fashion-cnn-fastat", "fashion-mnist", "Small CNN, Fast-AT (FGSM-RS) L-inf eps 0.1, 3 epochs.")
+_shipped("mnist-crown-pgdat", "mnist",
+         "crown-cnn, PGD-AT (10 steps) L-inf eps 0.3, 5 epochs (docs/recipes/mnist-crown-pgd-at.yaml).")
 
 
 def _ccexam() -> tuple[nn.Module, CheckpointMeta]:
