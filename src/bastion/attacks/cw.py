@@ -91,29 +91,48 @@ def _adam(w: Tensor, grad: Tensor, m: Tensor, v: Tensor, t: int, lr: float) -> t
 def _minimize(model: nn.Module, x: Tensor, y: Tensor, w0: Tensor, search: _Search, threat: LpThreat,
               frozen: Tensor | None, *, kappa: float, targeted: bool, lr: float, max_iterations: int,
               abort_early: bool) -> Tensor:
-    """Adam on every point for the current constants; updates ``search``'s best. Returns success per point."""
+    """Adam on every point for the current constants; updates ``search``'s best. Returns success per point.
+
+    The working tensors hold only the points still optimized (an early-aborted point leaves them); the best
+    results are kept per working row and written back when a point leaves or the search step ends.
+    """
     n = x.shape[0]
     rows = search.best_norm.ne(0).nonzero().flatten()  # points already adversarial at zero norm are done
-    w, m, v = w0[rows], torch.zeros_like(w0[rows]), torch.zeros_like(w0[rows])
-    prev = torch.full((n,), float("inf"), device=x.device, dtype=x.dtype)
+    xs, ys, cs, w = x[rows], y[rows], search.const[rows], w0[rows]
+    fz = None if frozen is None else frozen[rows]
+    m, v = torch.zeros_like(w), torch.zeros_like(w)
+    best_norm, best_adv = search.best_norm[rows], search.best_adv[rows]
+    prev = torch.full((rows.numel(),), float("inf"), device=x.device, dtype=x.dtype)
+    hit = torch.zeros(rows.numel(), dtype=torch.bool, device=x.device)
     succeeded = torch.zeros(n, dtype=torch.bool, device=x.device)
     check_every = max(1, max_iterations // 10)
+
+    def write_back(leaving: Tensor) -> None:
+        out = rows[leaving]
+        search.best_norm[out], search.best_adv[out] = best_norm[leaving], best_adv[leaving]
+        succeeded[out] = hit[leaving]
+
     for it in range(max_iterations):
         if rows.numel() == 0:
             break
-        fz = None if frozen is None else frozen[rows]
         with attribute(model, rows):
-            obj, grad, x_adv, dist, success = _objective(
-                model, w, x[rows], y[rows], search.const[rows], threat, fz, kappa, targeted)
-        better = success & (dist.sqrt() < search.best_norm[rows])
-        search.best_norm[rows[better]] = dist[better].sqrt()
-        search.best_adv[rows[better]] = x_adv[better]
-        succeeded[rows[success]] = True
+            obj, grad, x_adv, dist, success = _objective(model, w, xs, ys, cs, threat, fz, kappa, targeted)
+        norm = dist.sqrt()
+        better = success & (norm < best_norm)
+        best_norm = torch.where(better, norm, best_norm)
+        best_adv = torch.where(_view(better, x_adv), x_adv, best_adv)
+        hit |= success
         w, m, v = _adam(w, grad, m, v, it + 1, lr)
         if abort_early and (it + 1) % check_every == 0:
-            keep = obj < prev[rows] * 0.9999  # strict, so that a zero objective stops too
-            prev[rows] = obj
-            rows, w, m, v = rows[keep], w[keep], m[keep], v[keep]
+            keep = obj < prev * 0.9999  # strict, so that a zero objective stops too
+            if not bool(keep.all()):
+                write_back(~keep)
+                rows, xs, ys, cs, w, m, v = rows[keep], xs[keep], ys[keep], cs[keep], w[keep], m[keep], v[keep]
+                fz = None if fz is None else fz[keep]
+                best_norm, best_adv, hit = best_norm[keep], best_adv[keep], hit[keep]
+                obj = obj[keep]
+            prev = obj
+    write_back(torch.ones_like(hit))
     return succeeded
 
 
