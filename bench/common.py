@@ -256,12 +256,13 @@ def speed_ratio(seconds: float, fwd_per_point: float, bwd_per_point: float, t_fb
 
 
 class BatchLog(nn.Module):
-    """Records the batch size of every forward call and whether a backward pass went through it."""
+    """Records the batch size of every forward call and how many backward passes went through it (DeepFool
+    takes one per candidate class from the same forward)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.calls: list[list[int]] = []  # [rows, backward 0/1]
+        self.calls: list[list[int]] = []  # [rows, backward passes]
 
     def forward(self, x: Tensor) -> Tensor:
         call = [x.shape[0], 0]
@@ -269,7 +270,7 @@ class BatchLog(nn.Module):
         out = self.model(x)
         if out.requires_grad:
             def hook(g: Tensor) -> None:
-                call[1] = 1
+                call[1] += 1
 
             out.register_hook(hook)
         return out
@@ -277,7 +278,8 @@ class BatchLog(nn.Module):
 
 def batch_aware_limit(model: nn.Module, x: Tensor, calls: list[list[int]], reps: int = 5) -> float:
     """The compute limit of a run that made ``calls``: the sum over its forward calls of the measured time of
-    a forward+backward (calls with a backward) or forward-only pass *at that call's batch size*. Unit times are
+    one forward pass plus, per backward pass through it, the measured backward time (forward+backward minus
+    forward), each *at that call's batch size*. Unit times are
     measured on a grid of batch sizes (powers of two and ``len(x)``) and interpolated linearly in between, so a
     per-sample early-stopping attack is compared with what its shrinking batches cost, not with the per-sample
     cost of the full batch (small batches cost more per sample on any hardware)."""
@@ -297,7 +299,7 @@ def batch_aware_limit(model: nn.Module, x: Tensor, calls: list[list[int]], reps:
         w = (b - lo) / (hi - lo)
         return (1 - w) * units[lo][which] + w * units[hi][which]
 
-    return sum(at(rows, 0 if back else 1) for rows, back in calls)
+    return sum(at(rows, 1) + back * (at(rows, 0) - at(rows, 1)) for rows, back in calls)
 
 
 def interleave(runners: dict[str, Callable[[], dict[str, Any]]], reps: int,
