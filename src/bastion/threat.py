@@ -18,6 +18,7 @@ from bastion.errors import InvalidInputError
 
 Norm = Literal["linf", "l2", "l1"]
 NORMS: tuple[Norm, ...] = ("linf", "l2", "l1")
+Radius = Literal["volume", "uniform", "sphere"]  # how random starts spread over the ball (see sample_ball)
 _ORDER = {"linf": math.inf, "l2": 2.0, "l1": 1.0}
 
 
@@ -112,14 +113,17 @@ class LpThreat:
             frozen_ok = (delta.abs() <= atol).masked_fill(mask, True).flatten(1).all(1)
         return inside & in_box & frozen_ok
 
-    def random_start(self, inputs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def random_start(self, inputs: Tensor, generator: torch.Generator | None = None, *,
+                     radius: Radius | None = None) -> Tensor:
         """A random point of the ball (then clipped to the box and mask): uniform in the L-inf and L1 balls; for L2
-        a uniform direction at a radius uniform in [0, eps], as torchattacks' PGDL2 does. The L2 ball's volume
-        sits almost entirely near its sphere (radius ~ eps * u^(1/d)), and starting there measured weaker:
-        PGD-L2 (40 steps) on scikit-learn digits, eps 0.5, 500 points, 5 seeds, robust accuracy 57.8% from this
-        start vs 58.8% from the volume-uniform one (PGD-trained model 77.6% vs 78.0%; APGD-L2 unchanged)."""
+        by default a uniform direction at a radius uniform in [0, eps], as torchattacks' PGDL2 does. The L2 ball's
+        volume sits almost entirely near its sphere (radius ~ eps * u^(1/d)), and starting there measured weaker
+        for PGD: PGD-L2 (40 steps) on scikit-learn digits, eps 0.5, 500 points, 5 seeds, robust accuracy 57.8% from
+        this start vs 58.8% from the volume-uniform one (PGD-trained model 77.6% vs 78.0%). ``radius`` overrides
+        the choice ("volume", "uniform", or "sphere": on the sphere, as APGD's reference code starts)."""
         eps = self.eps_for(inputs)
-        radius = "uniform" if self.norm == "l2" else "volume"
+        if radius is None:
+            radius = "uniform" if self.norm == "l2" else "volume"
         delta = sample_ball(inputs.shape, eps, self.norm, generator, inputs.device, inputs.dtype, radius=radius)
         return self.project(inputs + delta, inputs)
 
@@ -166,10 +170,11 @@ def sample_ball(
     device: torch.device,
     dtype: torch.dtype,
     *,
-    radius: Literal["volume", "uniform"] = "volume",
+    radius: Radius = "volume",
 ) -> Tensor:
     """Random points of the ``norm`` ball of per-sample radius ``eps``: uniform in the ball (``radius="volume"``),
-    or a uniform direction at a distance uniform in [0, eps] (``radius="uniform"``)."""
+    or a uniform direction at a distance uniform in [0, eps] (``"uniform"``) or at eps (``"sphere"``).
+    L-inf samples are always uniform in the cube."""
     n, d = shape[0], math.prod(shape[1:])
     if norm == "linf":
         u = torch.rand((n, d), generator=generator, device=device, dtype=dtype) * 2 - 1
@@ -183,7 +188,10 @@ def sample_ball(
         sign = torch.randint(0, 2, (n, d), generator=generator, device=device).to(dtype) * 2 - 1
         direction = e * sign
         direction = direction / direction.abs().sum(1, keepdim=True).clamp_min(1e-12)
-    r = torch.rand((n, 1), generator=generator, device=device, dtype=dtype)
-    if radius == "volume":
-        r = r ** (1.0 / d)
+    if radius == "sphere":
+        r = torch.ones((n, 1), device=device, dtype=dtype)
+    else:
+        r = torch.rand((n, 1), generator=generator, device=device, dtype=dtype)
+        if radius == "volume":
+            r = r ** (1.0 / d)
     return (direction * r * eps[:, None]).view(shape)

@@ -219,7 +219,9 @@ def _run(model: nn.Module, x: Tensor, y: Tensor, targets: Tensor, threat: LpThre
     """One APGD run from one start. Returns (best point, its loss, broken mask) per point."""
     n = x.shape[0]
     eps = threat.eps_for(x)
-    start = threat.random_start(x, generator) if random_init else x.clone()
+    # the reference code's starts: uniform in the L-inf cube, on the L2 sphere, uniform in the L1 ball
+    start = threat.random_start(x, generator, radius="sphere" if threat.norm == "l2" else "volume") \
+        if random_init else x.clone()
     ones = torch.ones(n, device=x.device, dtype=x.dtype)
     s = _State(
         pos=torch.arange(n, device=x.device), x=x, y=y, targets=targets, eps=eps, x_cur=start, x_prev=start,
