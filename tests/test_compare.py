@@ -151,7 +151,7 @@ def test_bad_configs_fail_with_the_fix(tmp_path: Path) -> None:
 def test_presets_load_and_quick_overrides_apply() -> None:
     full, quick = load_compare("mnist"), load_compare("mnist", quick=True)
     assert quick.name == "mnist-quick" and quick.eval.n < full.eval.n and quick.train.epochs < full.train.epochs
-    assert quick.entry("diffpure").n == 16 and full.entry("diffpure").n == 32
+    assert quick.entry("diffpure").n == 16 and full.entry("hybrid").n == 50 and full.entry("diffpure").eot_samples == 4
     assert quick.entry("ibp").params["epochs"] == 3 and "epochs" not in full.entry("ibp").params
     assert {d.method for d in full.defenses} >= {"standard", "pgd-at", "fast-at", "trades", "ensemble-average",
                                                  "dynamic-ensemble", "feature-squeezing-detector", "jpeg",
