@@ -171,6 +171,22 @@ def test_canary_escalates_when_square_beats_masked_gradients(
     _assert_breaks_are_real(model, x, y, threat, out)
 
 
+def test_canary_that_breaks_every_remaining_point_ends_the_stage(
+    digits_model: nn.Module, digits_points, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Few points, masked gradients: the canary sample holds every point still robust and Square breaks them all.
+    model = nn.Sequential(Quantize(), digits_model).eval()
+    x, y = digits_points
+    x, y = x[:4], y[:4]
+    threat = LpThreat("linf", 0.5)
+    monkeypatch.setattr(suite, "_stages", lambda version, norm, aware: _cheap_cascade(32))
+    out = run_suite(model, x, y, threat, adapt=Adaptation(), generator=torch.Generator().manual_seed(0))
+    sq = _square(out)
+    assert sq.escalated and bool(sq.result.success.all()) and int(sq.attacked.sum()) == sq.canary > 0
+    assert not out.robust.any()
+    _assert_breaks_are_real(model, x, y, threat, out)
+
+
 def test_canary_stays_small_when_square_finds_nothing(
     digits_model: nn.Module, digits_points, monkeypatch: pytest.MonkeyPatch
 ) -> None:

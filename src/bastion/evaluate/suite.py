@@ -210,6 +210,9 @@ def _run_stage(batch: _Batch, stage: Stage, todo: Tensor) -> StageOutcome:
         return StageOutcome(stage, sample, first, time.perf_counter() - start, _peak_rss_mb(), canary=size)
     rest = todo.clone()
     rest[sample.nonzero().flatten()[first.success]] = False
+    if not rest.any():  # the canary held every remaining point and broke them all: nothing left to escalate to
+        return StageOutcome(stage, sample, first, time.perf_counter() - start, _peak_rss_mb(), canary=size,
+                            escalated=True)
     result = _combine([(sample, first), (rest, batch.attack(stage, rest))], batch.threat)
     return StageOutcome(stage, sample | rest, result, time.perf_counter() - start, _peak_rss_mb(), canary=size,
                         escalated=True)
