@@ -23,10 +23,6 @@ from bastion.threat import LpThreat
 TINY = 1e-4  # the authors' code adds this to the distance to the boundary, to cross it
 
 
-def _view(v: Tensor, like: Tensor) -> Tensor:
-    return v.view(-1, *([1] * (like.dim() - 1)))
-
-
 def _boundaries(model: nn.Module, x_adv: Tensor, labels: Tensor, others: Tensor | None, index: Tensor, *,
                 targeted: bool, candidates: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Logits, f_k = z_k - z_own, w_k = grad f_k for each considered class k, and those classes.
