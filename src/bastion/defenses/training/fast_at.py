@@ -8,7 +8,9 @@ Single-step training can collapse ("catastrophic overfitting": PGD accuracy fall
 epoch while FGSM accuracy rises). Two guards:
 
 * prevention: ``guard="n-fgsm"`` crafts the examples with N-FGSM (de Jorge et al. 2022, ``n_fgsm.py``)
-  instead of FGSM-RS; ``guard="none"`` is Wong et al.'s FGSM-RS;
+  instead of FGSM-RS; ``guard="grad-align"`` trains on plain FGSM (no random start, step eps) plus the
+  GradAlign regulariser (Andriushchenko & Flammarion 2020, ``grad_align.py``, weight ``grad_align``);
+  ``guard="none"`` is Wong et al.'s FGSM-RS;
 * detection: the training loop checks PGD accuracy on a fixed validation batch and rolls back to the last
   good weights and stops when it collapses (Wong et al.'s early stopping; see ``guard.py``).
 """
@@ -31,6 +33,7 @@ from bastion.defenses.training.base import (
     register_method,
     update,
 )
+from bastion.defenses.training.grad_align import LAMBDA, grad_align_penalty
 from bastion.defenses.training.n_fgsm import n_fgsm_examples
 from bastion.threat import LpThreat
 
@@ -38,9 +41,13 @@ ALPHA_FACTOR = 1.25  # Wong et al. 2020: alpha = 1.25 eps
 
 
 def fgsm_rs_examples(model: nn.Module, x: Tensor, y: Tensor, threat: LpThreat, ctx: StepContext, *,
-                     alpha_factor: float = ALPHA_FACTOR) -> Tensor:
-    """FGSM-RS: uniform start in the ball, one step of ``alpha_factor * eps``, projection onto the ball and box."""
-    start = random_start(threat, x, ctx)
+                     alpha_factor: float = ALPHA_FACTOR, random_init: bool = True) -> Tensor:
+    """FGSM-RS: uniform start in the ball, one step of ``alpha_factor * eps``, projection onto the ball and box.
+
+    ``random_init=False`` is plain FGSM from ``x`` (GradAlign's setting: with ``alpha_factor >= 1`` the step
+    is ``eps * sign(grad)``).
+    """
+    start = random_start(threat, x, ctx) if random_init else x
     with eval_mode(model):
         xa = start.detach().requires_grad_(True)
         (grad,) = torch.autograd.grad(F.cross_entropy(model(xa), y, reduction="sum"), xa)
@@ -49,8 +56,10 @@ def fgsm_rs_examples(model: nn.Module, x: Tensor, y: Tensor, threat: LpThreat, c
 
 
 @register_method("fast-at", paper="Wong et al. 2020, Fast is better than free: Revisiting adversarial training; "
-                 "guard: de Jorge et al. 2022, Make Some Noise (N-FGSM)",
-                 description="Single-step FGSM-RS (alpha 1.25 eps) or N-FGSM; collapse detection in the loop.")
+                 "guards: de Jorge et al. 2022, Make Some Noise (N-FGSM); Andriushchenko & Flammarion 2020, "
+                 "Understanding and Improving Fast Adversarial Training (GradAlign)",
+                 description="Single-step FGSM-RS (alpha 1.25 eps), N-FGSM or FGSM-RS + GradAlign; "
+                 "collapse detection in the loop.")
 def fast_at_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -60,17 +69,27 @@ def fast_at_step(
     ctx: StepContext = StepContext(),
     *,
     alpha_factor: float = ALPHA_FACTOR,
-    guard: Literal["n-fgsm", "none"] = "n-fgsm",
+    guard: Literal["n-fgsm", "grad-align", "none"] = "n-fgsm",
+    grad_align: float = LAMBDA,
 ) -> StepStats:
-    """One Fast-AT step (2 forward and 2 backward passes per sample)."""
+    """One Fast-AT step: 2 forward and 2 backward passes per sample. GradAlign adds 2 forwards, the 2
+    backwards of its input gradients, and their double backpropagation in the update (counted as 2
+    backward passes per gradient): 4 forward and 8 backward passes per sample."""
     if guard == "n-fgsm":
         x_adv = n_fgsm_examples(model, x, y, threat, ctx)
-    elif guard == "none":
-        x_adv = fgsm_rs_examples(model, x, y, threat, ctx, alpha_factor=alpha_factor)
+    elif guard in ("none", "grad-align"):
+        # GradAlign trains on plain FGSM from the clean point (Andriushchenko & Flammarion 2020, sec. 5).
+        x_adv = fgsm_rs_examples(model, x, y, threat, ctx, alpha_factor=alpha_factor,
+                                 random_init=guard == "none")
     else:
-        raise ValueError(f"Unknown guard {guard!r}; use 'n-fgsm' or 'none'.")
+        raise ValueError(f"Unknown guard {guard!r}; use 'n-fgsm', 'grad-align' or 'none'.")
     model.train()
-    loss = batch_mean(F.cross_entropy(model(x_adv), y, reduction="none"), ctx)
+    per_sample = F.cross_entropy(model(x_adv), y, reduction="none")
+    aligned = guard == "grad-align"
+    if aligned:
+        per_sample = per_sample + grad_align * grad_align_penalty(model, x, y, threat, ctx)
+    loss = batch_mean(per_sample, ctx)
     update(model, optimizer, loss, ctx)
     n = x.shape[0]
-    return StepStats(float(loss.detach()) * ctx.global_size(n) / n, 2 * n, 2 * n)
+    return StepStats(float(loss.detach()) * ctx.global_size(n) / n, (4 if aligned else 2) * n,
+                     (8 if aligned else 2) * n)
