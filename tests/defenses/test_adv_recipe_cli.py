@@ -45,3 +45,18 @@ def test_adv_train_command(tmp_path: Path) -> None:
     assert out.with_suffix(".png").stat().st_size > 0 and (tmp_path / "digits-fast.state.pt").exists()
     bad = CliRunner().invoke(app, ["adv-train", "--defense", "nope", "--out", str(out)])
     assert bad.exit_code == 2
+
+
+def test_train_with_defense_is_adv_train(tmp_path: Path) -> None:
+    out = tmp_path / "digits-trades"
+    result = CliRunner().invoke(app, ["train", "--defense", "trades", "--dataset", "digits", "--eps", "0.1",
+                                      "--epochs", "1", "--train-subset", "200", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    _, meta = load_model(str(out.with_suffix(".safetensors")))
+    # only the options given reach the recipe: `train`'s own defaults (arch cnn, 10 epochs) do not
+    assert meta.recipe["defense"] == "trades" and meta.recipe["epochs"] == 1 and meta.recipe["train_subset"] == 200
+    assert meta.recipe["arch"] == Recipe(defense="trades").arch
+    bad = CliRunner().invoke(app, ["train", "--dataset", "digits", "--eps", "0.1", "--out", str(out)])
+    assert bad.exit_code == 2 and "--defense" in bad.output
+    bad = CliRunner().invoke(app, ["train", "--defense", "trades", "--patience", "3", "--out", str(out)])
+    assert bad.exit_code == 2 and "recipe" in bad.output

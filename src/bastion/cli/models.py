@@ -62,6 +62,7 @@ def attacks_list() -> None:
 # train ------------------------------------------------------------------------------------------
 @friendly
 def train(
+    ctx: typer.Context,
     arch: str = typer.Option("cnn", help="architecture (bastion models list)"),
     dataset: str = typer.Option("mnist", help="data set (bastion data list)"),
     out: Path = typer.Option(..., help="checkpoint path stem: writes OUT.safetensors and OUT.json"),
@@ -70,8 +71,17 @@ def train(
     lr: float = typer.Option(1e-3, min=0.0),
     patience: int = typer.Option(2, min=1, help="early stopping: epochs without validation improvement"),
     seed: int = 0,
+    defense: str = typer.Option(None, help="train adversarially instead: pgd-at | fast-at | trades | mart | awp; "
+                                           "every `bastion adv-train` option then applies"),
+    recipe: Path = typer.Option(None, help="adversarial-training recipe YAML (as `bastion adv-train --recipe`)"),
 ) -> None:
-    """Train a model normally (Adam, early stopping on validation accuracy) and save a checkpoint."""
+    """Train a model normally (Adam, early stopping on validation accuracy) and save a checkpoint; with
+    --defense or --recipe, train it adversarially (the same as `bastion adv-train`)."""
+    if defense is not None or recipe is not None:
+        raise typer.Exit(_adversarial(ctx))
+    if ctx.args:
+        raise typer.BadParameter(f"unknown option(s) {' '.join(ctx.args)}; options of `bastion adv-train` "
+                                 "need --defense or --recipe")
     from bastion.zoo.train import TrainConfig, TrainEvent, train_and_save
 
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed)
@@ -88,3 +98,24 @@ def train(
                   f"{m['train_seconds']} s) -> {out}.safetensors")
 
 
+TRAIN_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def _adversarial(ctx: typer.Context) -> int:
+    """Hand `bastion train --defense/--recipe ...` to `bastion adv-train` with the options given on the command
+    line (the standard-training defaults do not override the recipe)."""
+    from bastion.cli.adv_train import adv_train
+
+    args: list[str] = []
+    for name, value in ctx.params.items():
+        source = ctx.get_parameter_source(name)
+        if source is None or source.name != "COMMANDLINE":  # typer vendors its own click: compare by name
+            continue
+        if name == "patience":
+            raise typer.BadParameter("--patience is for standard training; for adversarial training set "
+                                     "`patience` in the recipe")
+        args += [f"--{name.replace('_', '-')}", str(value)]
+    sub = typer.Typer()
+    sub.command()(adv_train)
+    code = typer.main.get_command(sub).main(args=args + ctx.args, prog_name="bastion train", standalone_mode=False)
+    return code if isinstance(code, int) else 0
