@@ -90,6 +90,8 @@ class CountingModel(nn.Module):
 
 def find_counter(model: nn.Module) -> CountingModel | None:
     """The ``CountingModel`` that ``model`` is or wraps (e.g. inside an EOT wrapper), if any."""
+    if isinstance(model, CountingModel):  # the runner's case, once per attack iteration: skip the module walk
+        return model
     return next((m for m in model.modules() if isinstance(m, CountingModel)), None)
 
 

@@ -123,6 +123,7 @@ class _State:
     """Everything per point of the working batch; ``take`` keeps the rows still being attacked."""
 
     pos: Tensor  # position in the run's batch
+    rows: Tensor  # the caller's sample index of each row (for the pass counter), on the CPU
     x: Tensor
     y: Tensor
     targets: Tensor
@@ -145,11 +146,10 @@ class _State:
         return replace(self, **{f.name: getattr(self, f.name)[keep] for f in fields(self)})
 
 
-def _evaluate(model: nn.Module, x_adv: Tensor, s: _State, index: Tensor, loss_fn: LossFn,
-              ) -> tuple[Tensor, Tensor, Tensor]:
+def _evaluate(model: nn.Module, x_adv: Tensor, s: _State, loss_fn: LossFn) -> tuple[Tensor, Tensor, Tensor]:
     """One forward and one backward pass: (loss, gradient, logits), model grads untouched."""
     x_adv = x_adv.detach().requires_grad_(True)
-    with attribute(model, index[s.pos]):
+    with attribute(model, s.rows):
         logits = model(x_adv)
     values = loss_fn(logits, s.y, s.targets)
     (grad,) = torch.autograd.grad(values.sum(), x_adv)
@@ -224,7 +224,8 @@ def _run(model: nn.Module, x: Tensor, y: Tensor, targets: Tensor, threat: LpThre
         if random_init else x.clone()
     ones = torch.ones(n, device=x.device, dtype=x.dtype)
     s = _State(
-        pos=torch.arange(n, device=x.device), x=x, y=y, targets=targets, eps=eps, x_cur=start, x_prev=start,
+        pos=torch.arange(n, device=x.device), rows=index.detach().to("cpu", torch.long), x=x, y=y,
+        targets=targets, eps=eps, x_cur=start, x_prev=start,
         grad=torch.zeros_like(x), f_cur=ones, x_best=start, g_best=torch.zeros_like(x), f_best=ones,
         step=cfg.step_factor * eps, rises=torch.zeros(n, device=x.device), f_best_last=ones,
         reduced_last=torch.zeros(n, dtype=torch.bool, device=x.device), topk=topk_init * ones,
@@ -234,19 +235,18 @@ def _run(model: nn.Module, x: Tensor, y: Tensor, targets: Tensor, threat: LpThre
     broken = torch.zeros(n, dtype=torch.bool, device=x.device)
     marks, last_mark = checkpoints(cfg.n_iter), 0
     for k in range(cfg.n_iter + 1):
-        if k > 0:
-            new = _move(s, cfg, first=(k == 1))
-            s = replace(s, x_prev=s.x_cur, x_cur=new)
-        values, grad, logits = _evaluate(model, s.x_cur, s, index, loss_fn)
-        better = values > s.f_best if k > 0 else torch.ones_like(values, dtype=torch.bool)
-        b = _view(better, s.x)
-        s = replace(
-            s, rises=s.rises + ((values > s.f_cur) & (k > 0)).to(s.rises.dtype), f_cur=values, grad=grad,
-            x_best=torch.where(b, s.x_cur, s.x_best), g_best=torch.where(b, grad, s.g_best),
-            f_best=torch.where(better, values, s.f_best),
-        )
-        if k == 0:
-            s = replace(s, f_best_last=values.clone())
+        x_prev, x_cur = (s.x_cur, _move(s, cfg, first=(k == 1))) if k > 0 else (s.x_prev, s.x_cur)
+        values, grad, logits = _evaluate(model, x_cur, s, loss_fn)
+        if k == 0:  # the start is the first best point
+            s = replace(s, f_cur=values, grad=grad, g_best=grad, f_best=values, f_best_last=values.clone())
+        else:
+            better = values > s.f_best
+            b = _view(better, s.x)
+            s = replace(
+                s, x_prev=x_prev, x_cur=x_cur, rises=s.rises + (values > s.f_cur).to(s.rises.dtype), f_cur=values,
+                grad=grad, x_best=torch.where(b, x_cur, s.x_best), g_best=torch.where(b, grad, s.g_best),
+                f_best=torch.where(better, values, s.f_best),
+            )
         hit = is_adversarial(logits, s.y, cfg.targeted)
         any_hit = bool(hit.any())
         if any_hit:  # broken points leave with the adversarial iterate
