@@ -221,12 +221,15 @@ def plot_tradeoff(summary: dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 5))
+    names: dict[tuple[float, float], list[str]] = {}  # one label per spot: defenses on the same point share it
     for row in summary["rows"]:
         if row["clean_accuracy"] is None or row["robust_adaptive"] is None:
             continue
+        xy = (round(100 * row["clean_accuracy"], 1), round(100 * row["robust_adaptive"], 1))
         size = 40 * max(row["train_multiple"] or 1.0, 0.2)
-        ax.scatter(100 * row["clean_accuracy"], 100 * row["robust_adaptive"], s=size, alpha=0.6)
-        ax.annotate(row["defense"], (100 * row["clean_accuracy"], 100 * row["robust_adaptive"]), fontsize=8)
+        ax.scatter(*xy, s=size, alpha=0.6)
+        names.setdefault(xy, []).append(row["defense"])
+    _label_without_overlap(ax, {xy: ", ".join(d) for xy, d in names.items()})
     ax.set_xlabel("clean accuracy (%)")
     ax.set_ylabel(f"robust accuracy, adaptive, {summary['threat']} (%)")
     ax.set_title("Robust vs clean accuracy (marker area: training cost)")
@@ -235,6 +238,18 @@ def plot_tradeoff(summary: dict[str, Any], path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _label_without_overlap(ax: Any, labels: dict[tuple[float, float], str]) -> None:
+    """Annotate each point; a label whose point is close to an already labelled one moves up a line per neighbour."""
+    xs, ys = [x for x, _ in labels], [y for _, y in labels]
+    near_x = max(max(xs) - min(xs), 1.0) / 8
+    near_y = max(max(ys) - min(ys), 1.0) / 20
+    placed: list[tuple[float, float]] = []
+    for (x, y), text in sorted(labels.items()):
+        lines = sum(abs(x - px) < near_x and abs(y - py) < near_y for px, py in placed)
+        ax.annotate(text, (x, y), xytext=(4, 4 + 11 * lines), textcoords="offset points", fontsize=8)
+        placed.append((x, y))
 
 
 def plot_curves(summary: dict[str, Any], path: Path) -> Path:
