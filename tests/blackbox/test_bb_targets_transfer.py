@@ -37,7 +37,8 @@ def test_counts_repeated_rows_and_hard_budget() -> None:
     target = ScoreTarget(model, n=3, max_queries=5, batch_size=2)
     x = torch.rand(3, 1, 8, 8)
     out = target(x)
-    assert torch.allclose(out, model(x)) and not out.requires_grad
+    # batches of 2 and one batch of 3 may round differently (seen: 6e-8 on an Intel Xeon), so compare to float32 noise
+    assert torch.allclose(out, model(x), atol=1e-6) and not out.requires_grad
     with attribute(target, torch.tensor([0, 0, 0, 2])):
         target(x[[0, 0, 0, 2]])
     assert target.forward_counts.tolist() == [4, 1, 2]
