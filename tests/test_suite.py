@@ -240,3 +240,13 @@ def test_combine_keeps_the_last_outcome_and_every_pass(digits_model: nn.Module, 
     assert torch.equal(merged.success[[1, 3, 4]], b.success)
     assert int(merged.counts.forward[1]) == int(a.counts.forward[1] + b.counts.forward[0])
     assert merged.counts.total_backward == a.counts.total_backward + b.counts.total_backward
+
+
+def test_black_box_flag_says_when_only_a_canary_sample_ran() -> None:
+    from bastion.evaluate.diagnostics import check_black_box
+
+    silent = check_black_box(0, attacked=32, candidates=181)
+    assert not silent.fired and "32 of 181" in silent.evidence and silent.numbers["candidates"] == 181
+    full = check_black_box(0, attacked=181, candidates=181)
+    assert "of 181" not in full.evidence  # it ran on every candidate: its silence covers them all
+    assert check_black_box(3, attacked=32, candidates=181).fired

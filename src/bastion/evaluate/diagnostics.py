@@ -172,12 +172,22 @@ def check_single_step(iterative_broken: Tensor, single_broken: Tensor) -> Flag:
                 "the iterative attacks broke every point FGSM broke", {"points": extra})
 
 
-def check_black_box(black_box_only: int) -> Flag:
-    """A gradient-free attack breaking points every white-box attack missed: gradients are masked."""
-    return Flag("black_box_stronger", black_box_only > 0,
-                f"the score-based attack broke {black_box_only} point(s) that every white-box attack missed"
-                if black_box_only else "the score-based attack found nothing the white-box attacks missed",
-                {"points": black_box_only})
+def check_black_box(black_box_only: int, attacked: int | None = None, candidates: int | None = None) -> Flag:
+    """A gradient-free attack breaking points every white-box attack missed: gradients are masked.
+
+    ``attacked`` of ``candidates``: the points the score-based stage ran on, of those still robust before it (a
+    canary runs on a sample only, so its silence covers only that sample)."""
+    numbers: dict[str, int] = {"points": black_box_only}
+    if black_box_only:
+        evidence = f"the score-based attack broke {black_box_only} point(s) that every white-box attack missed"
+    else:
+        evidence = "the score-based attack found nothing the white-box attacks missed"
+        if attacked is not None and candidates is not None and attacked < candidates:
+            evidence += (f", on the {attacked} of {candidates} still-robust points it ran on (a canary sample; "
+                         "a full black-box run, as in the thorough suite, can find more)")
+    if attacked is not None and candidates is not None:
+        numbers |= {"attacked": attacked, "candidates": candidates}
+    return Flag("black_box_stronger", black_box_only > 0, evidence, numbers)
 
 
 def check_unbounded(accuracy: float, eps: float, chance: float) -> Flag:

@@ -79,7 +79,9 @@ def summarize(store: Store, run_id: str, config: EvalConfig, num_classes: int) -
         first[part] = sum(1 for p in broken_by.values() if p == part)
     flags = (store.get_artifact(run_id, "probe_flags") or []) + (store.get_artifact(run_id, "outcome_flags") or [])
     if "square" in stages:
-        flags.append(check_black_box(first.get("square", 0)).to_dict())
+        order = list(stages)
+        candidates = clean - sum(first.get(p, 0) for p in order[:order.index("square")])  # still robust before it
+        flags.append(check_black_box(first.get("square", 0), stages["square"]["attacked"], candidates).to_dict())
     from bastion.evaluate.adaptive import plan_notes
 
     plan = store.get_artifact(run_id, "adaptation") or {}
