@@ -235,7 +235,7 @@ def _run(model: nn.Module, x: Tensor, y: Tensor, targets: Tensor, threat: LpThre
     broken = torch.zeros(n, dtype=torch.bool, device=x.device)
     marks, last_mark = checkpoints(cfg.n_iter), 0
     for k in range(cfg.n_iter + 1):
-        x_prev, x_cur = (s.x_cur, _move(s, cfg, first=(k == 1))) if k > 0 else (s.x_prev, s.x_cur)
+        x_cur = _move(s, cfg, first=(k == 1)) if k > 0 else s.x_cur
         values, grad, logits = _evaluate(model, x_cur, s, loss_fn)
         if k == 0:  # the start is the first best point
             s = replace(s, f_cur=values, grad=grad, g_best=grad, f_best=values, f_best_last=values.clone())
@@ -243,7 +243,7 @@ def _run(model: nn.Module, x: Tensor, y: Tensor, targets: Tensor, threat: LpThre
             better = values > s.f_best
             b = _view(better, s.x)
             s = replace(
-                s, x_prev=x_prev, x_cur=x_cur, rises=s.rises + (values > s.f_cur).to(s.rises.dtype), f_cur=values,
+                s, x_prev=s.x_cur, x_cur=x_cur, rises=s.rises + (values > s.f_cur).to(s.rises.dtype), f_cur=values,
                 grad=grad, x_best=torch.where(b, x_cur, s.x_best), g_best=torch.where(b, grad, s.g_best),
                 f_best=torch.where(better, values, s.f_best),
             )

@@ -242,6 +242,8 @@ def plot_tradeoff(summary: dict[str, Any], path: Path) -> Path:
 
 def _label_without_overlap(ax: Any, labels: dict[tuple[float, float], str]) -> None:
     """Annotate each point; a label whose point is close to an already labelled one moves up a line per neighbour."""
+    if not labels:
+        return
     xs, ys = [x for x, _ in labels], [y for _, y in labels]
     near_x = max(max(xs) - min(xs), 1.0) / 8
     near_y = max(max(ys) - min(ys), 1.0) / 20
