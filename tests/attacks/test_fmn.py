@@ -46,3 +46,20 @@ def test_targeted(digits_mlp, helpers) -> None:
     targets = (y + 5) % 10
     adv = fmn(model, x, targets, LpThreat("linf", 1.0), targeted=True)
     assert helpers.success(model, adv, targets, targeted=True).float().mean() >= 0.95
+
+
+def test_l2_iterate_follows_the_radius_beyond_its_step_sizes(helpers) -> None:
+    """In L2 the iterate is rescaled onto the sphere of the adaptive radius (the reference code's projection), so a
+    boundary farther away than all steps together is still reached: five steps of at most 0.5 move a ball-projected
+    iterate by at most 2.5, and every boundary here is farther than 4."""
+    model, x = helpers.linear_model(2), helpers.linear_points()
+    with torch.no_grad():  # push each point away from the boundary along its own class's side
+        w = model.weight[0] - model.weight[1]
+        y = model(x).argmax(1)
+        side = torch.where(y == 0, 1.0, -1.0)[:, None]
+        x = x + side * w / w.norm() * 6.0
+    far = helpers.minimal_norm(model, x, "l2")
+    assert (far > 4.0).all()
+    adv = fmn(model, x, y, LpThreat("l2", 1.0, **helpers.BOX), steps=5, alpha_init=0.5)
+    assert helpers.success(model, adv, y).all()
+    assert (LpThreat("l2", 1.0).norm_of(adv - x) / far).max() <= 1.1
