@@ -68,3 +68,18 @@ def test_l2_random_start_radius_is_uniform_and_volume_sampling_sits_near_the_sph
     assert abs(float((r < 0.1).float().mean()) - 0.25) < 0.03
     v = sample_ball(x.shape, torch.full((4000,), 0.4), "l2", g, x.device, x.dtype).flatten(1).norm(dim=1)
     assert abs(float(v.mean()) - 0.4 * 64 / 65) < 0.01  # E[eps * U^(1/d)] = eps * d / (d + 1)
+
+
+def test_linf_bounds_clamp_is_the_projection() -> None:
+    """One clamp to ``linf_bounds`` lands where ball projection, box clip and mask put a point (per-sample eps)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 1, 4, 4, generator=g)
+    mask = torch.rand(1, 1, 4, 4, generator=g) > 0.3
+    eps = torch.tensor([0.0, 0.05, 0.1, 0.3, 0.5, 2.0])
+    threat = LpThreat("linf", eps, mask=mask)
+    far = x + 3 * (torch.rand(x.shape, generator=g) - 0.5)
+    lo, hi = threat.linf_bounds(x, eps)
+    assert torch.allclose(far.clamp(lo, hi), threat.project_radius(far, x, eps), atol=1e-6)
+    assert torch.equal(lo[~mask.expand_as(x)], x[~mask.expand_as(x)])
+    with pytest.raises(ValueError, match="L-inf"):
+        LpThreat("l2", 1.0).linf_bounds(x, eps)

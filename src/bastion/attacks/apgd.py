@@ -141,9 +141,11 @@ class _State:
     reduced_last: Tensor  # was the step reduced at the last checkpoint
     topk: Tensor  # L1 only: fraction of coordinates moved
     sparsity_old: Tensor  # L1 only
+    lo: Tensor | None = None  # L-inf only: the threat set's per-coordinate bounds (LpThreat.linf_bounds)
+    hi: Tensor | None = None
 
     def take(self, keep: Tensor) -> _State:
-        return replace(self, **{f.name: getattr(self, f.name)[keep] for f in fields(self)})
+        return replace(self, **{f.name: v[keep] for f in fields(self) if (v := getattr(self, f.name)) is not None})
 
 
 def _evaluate(model: nn.Module, x_adv: Tensor, s: _State, loss_fn: LossFn) -> tuple[Tensor, Tensor, Tensor]:
@@ -167,6 +169,8 @@ class _Config:
 
 
 def _project(s: _State, point: Tensor, cfg: _Config) -> Tensor:
+    if s.lo is not None:
+        return point.clamp_(s.lo, s.hi)  # L-inf: one clamp (``point`` is always a fresh tensor here)
     t = cfg.threat
     if t.norm != "l1":
         # Per-sample eps of the working rows (the threat's own eps may be longer than the working batch).
@@ -179,14 +183,17 @@ def _move(s: _State, cfg: _Config, first: bool) -> Tensor:
     """z = P(x + step * dir); x_new = P(x + a (z - x) + (1 - a)(x - x_prev)), a = 1 on the first step."""
     t = cfg.threat
     if t.norm == "linf":
-        raw = s.grad.sign() * _view(s.step, s.grad)
-    elif t.norm == "l2":
-        raw = s.grad * _view(s.step / s.grad.flatten(1).norm(dim=1).clamp_min(1e-12), s.grad)
+        z = _project(s, torch.addcmul(s.x_cur, s.grad.sign(), _view(s.step, s.grad)), cfg)
     else:
-        raw = _l1_step(s.grad, s.x_cur, s.step, s.topk, t.lower, t.upper)
-    z = _project(s, s.x_cur + raw, cfg)
-    a = 1.0 if first else cfg.momentum
-    return _project(s, s.x_cur + a * (z - s.x_cur) + (1 - a) * (s.x_cur - s.x_prev), cfg)
+        if t.norm == "l2":
+            raw = s.grad * _view(s.step / s.grad.flatten(1).norm(dim=1).clamp_min(1e-12), s.grad)
+        else:
+            raw = _l1_step(s.grad, s.x_cur, s.step, s.topk, t.lower, t.upper)
+        z = _project(s, s.x_cur + raw, cfg)
+    if first:  # a = 1: the point is z itself, already in the threat set
+        return z
+    a = cfg.momentum
+    return _project(s, torch.lerp(s.x_cur, z, a).add_(s.x_cur - s.x_prev, alpha=1 - a), cfg)
 
 
 def _checkpoint(s: _State, cfg: _Config, period: int) -> _State:
@@ -231,6 +238,8 @@ def _run(model: nn.Module, x: Tensor, y: Tensor, targets: Tensor, threat: LpThre
         reduced_last=torch.zeros(n, dtype=torch.bool, device=x.device), topk=topk_init * ones,
         sparsity_old=x[0].numel() * ones,
     )
+    if threat.norm == "linf":
+        s = replace(s, **dict(zip(("lo", "hi"), threat.linf_bounds(x, eps), strict=True)))
     out, out_loss = start.clone(), torch.full((n,), float("-inf"), device=x.device, dtype=x.dtype)
     broken = torch.zeros(n, dtype=torch.bool, device=x.device)
     marks, last_mark = checkpoints(cfg.n_iter), 0

@@ -86,6 +86,8 @@ def _run(
     broken = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     pos = torch.arange(x.shape[0], device=x.device)  # rows of this run's batch still attacked
     xa, xc, ya, sa, ea = start, x, y, step, threat.eps_for(x)
+    # L-inf: the threat set is a box per coordinate, so each step is one fused add and one clamp.
+    lo, hi = threat.linf_bounds(x, ea) if threat.norm == "linf" else (None, None)
     best_x, best_loss = start, torch.full((x.shape[0],), float("-inf"), device=x.device)
     for t in range(steps + 1):
         with attribute(model, index[pos]):
@@ -107,6 +109,11 @@ def _run(
             keep = ~hit
             pos, xa, xc, ya, sa, ea = pos[keep], xa[keep], xc[keep], ya[keep], sa[keep], ea[keep]
             best_x, best_loss, grad = best_x[keep], best_loss[keep], grad[keep]
+            if lo is not None:
+                lo, hi = lo[keep], hi[keep]
+        if lo is not None:
+            xa = torch.addcmul(xa, grad.sign(), sa.view(-1, *([1] * (x.dim() - 1)))).clamp_(lo, hi)
+            continue
         moved = xa + lp_step(grad, sa, threat.norm, x=xa, lower=threat.lower, upper=threat.upper,
                              l1_sparsity=l1_sparsity)
         xa = threat.project_radius(moved, xc, ea)
