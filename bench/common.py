@@ -229,6 +229,13 @@ def recheck_minimal(model: nn.Module, x_adv: Tensor, x: Tensor, y: Tensor, norm:
     return torch.where(hit & ~bad, n, torch.full_like(n, float("inf")))
 
 
+def zero_placeholders(x_adv: Tensor, x: Tensor) -> Tensor:
+    """Rows where an attack returned the all-zero image for a non-zero input (Foolbox's C&W placeholder for "found
+    nothing": it initialises its best adversarials to zeros and returns them where no iterate was adversarial)."""
+    x_adv = torch.as_tensor(x_adv, dtype=x.dtype).reshape(x.shape)
+    return (x_adv.flatten(1).abs().amax(1) == 0) & (x.flatten(1).abs().amax(1) > 0)
+
+
 # ------------------------------------------------------------------------------------------------ timing
 
 
@@ -392,6 +399,9 @@ def md_whitebox(doc: dict[str, Any]) -> str:
             else:
                 what = (f"{fmt(v['success_rate'], 3)} / {fmt(v['median_norm'], 4)} / "
                         f"{fmt(v['robust_accuracy_at_eps'], 4)}")
+                if v.get("zero_image_placeholders"):
+                    what += (f" ({v['zero_image_placeholders']} zero-image placeholders not counted; "
+                             f"{fmt(v['success_rate_with_placeholders'], 3)} with them)")
             passes = f"{v.get('fwd_per_point', '-')}/{v.get('bwd_per_point', '-')}" if "error" not in v else "-"
             t = f"{fmt(v.get('attack_seconds_median', v.get('seconds_median')), 2)} ({len(v.get('times', []))})"
             ratio = ""
