@@ -114,3 +114,13 @@ def test_inputs_untouched_and_deterministic(digits_mlp) -> None:
     a = apgd_targeted(model, x, y, LpThreat("l1", 2.0), n_iter=10, generator=_gen())
     b = apgd_targeted(model, x, y, LpThreat("l1", 2.0), n_iter=10, generator=_gen())
     assert torch.equal(x, x0) and torch.equal(a, b)
+
+
+def test_select_rows_is_exact() -> None:
+    """The lerp-based row select returns the chosen rows bit for bit (weights 0 and 1 on finite values)."""
+    from bastion.attacks.steps import select_rows
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(7, 3, 5, 5, generator=g) * 1e3, torch.rand(7, 3, 5, 5, generator=g) * 1e-3
+    mask = torch.tensor([True, False, True, True, False, False, True])
+    assert torch.equal(select_rows(mask, a, b), torch.where(mask.view(-1, 1, 1, 1), a, b))

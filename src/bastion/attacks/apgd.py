@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from bastion.attacks.base import register_attack
 from bastion.attacks.losses import cross_entropy, dlr, is_adversarial, margin
+from bastion.attacks.steps import select_rows
 from bastion.oracle import attribute
 from bastion.threat import LpThreat
 
@@ -253,7 +254,7 @@ def _run(model: nn.Module, x: Tensor, y: Tensor, targets: Tensor, threat: LpThre
             b = _view(better, s.x)
             s = replace(
                 s, x_prev=s.x_cur, x_cur=x_cur, rises=s.rises + (values > s.f_cur).to(s.rises.dtype), f_cur=values,
-                grad=grad, x_best=torch.where(b, x_cur, s.x_best), g_best=torch.where(b, grad, s.g_best),
+                grad=grad, x_best=select_rows(better, x_cur, s.x_best), g_best=torch.where(b, grad, s.g_best),
                 f_best=torch.where(better, values, s.f_best),
             )
         hit = is_adversarial(logits, s.y, cfg.targeted)

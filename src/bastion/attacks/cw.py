@@ -24,16 +24,13 @@ from torch import Tensor, nn
 
 from bastion.attacks.base import register_attack
 from bastion.attacks.losses import is_adversarial, margin
+from bastion.attacks.steps import select_rows
 from bastion.oracle import attribute
 from bastion.threat import LpThreat
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 C_CEILING = 1e10  # "no upper bound on c yet"
-
-
-def _view(v: Tensor, like: Tensor) -> Tensor:
-    return v.view(-1, *([1] * (like.dim() - 1)))
 
 
 @dataclass
@@ -120,7 +117,7 @@ def _minimize(model: nn.Module, x: Tensor, y: Tensor, w0: Tensor, search: _Searc
         norm = dist.sqrt()
         better = success & (norm < best_norm)
         best_norm = torch.where(better, norm, best_norm)
-        best_adv = torch.where(_view(better, x_adv), x_adv, best_adv)
+        best_adv = select_rows(better, x_adv, best_adv)
         hit |= success
         w, m, v = _adam(w, grad, m, v, it + 1, lr)
         if abort_early and (it + 1) % check_every == 0:

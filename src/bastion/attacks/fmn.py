@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from bastion.attacks.base import register_attack
 from bastion.attacks.losses import is_adversarial, margin
+from bastion.attacks.steps import select_rows
 from bastion.threat import LpThreat, project_ball
 
 DUAL = {"linf": 1.0, "l2": 2.0, "l1": math.inf}
@@ -47,20 +48,21 @@ def _cosine(start: float, end: float, i: int, steps: int) -> float:
     return end + (start - end) * (1 + math.cos(math.pi * i / steps)) / 2
 
 
-def _gradient(model: nn.Module, x: Tensor, delta: Tensor, labels: Tensor, targeted: bool,
-              ) -> tuple[Tensor, Tensor, Tensor]:
-    """One forward and backward: (loss = logit difference, its gradient in delta, adversarial?)."""
-    delta = delta.detach().requires_grad_(True)
-    logits = model(x + delta)
+def _gradient(model: nn.Module, x_adv: Tensor, labels: Tensor, targeted: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """One forward and backward: (loss = logit difference, its gradient in the input, adversarial?)."""
+    x_adv = x_adv.detach().requires_grad_(True)
+    logits = model(x_adv)
     loss = margin(logits, labels, targeted)  # >= 0 roughly means adversarial
-    (grad,) = torch.autograd.grad(loss.sum(), delta)
+    (grad,) = torch.autograd.grad(loss.sum(), x_adv)
     return loss.detach(), grad.detach(), is_adversarial(logits.detach(), labels, targeted)
 
 
 def _movable(grad: Tensor, x_adv: Tensor, threat: LpThreat, keep: Tensor | None) -> Tensor:
-    """The gradient without the coordinates the box (or the mask) stops from moving that way."""
-    blocked = ((x_adv >= threat.upper) & (grad > 0)) | ((x_adv <= threat.lower) & (grad < 0))
-    grad = grad.masked_fill(blocked, 0.0)
+    """The gradient without the coordinates the box (or the mask) stops from moving that way: a coordinate
+    with a positive gradient moves only if below the upper bound, one with a negative gradient only if above
+    the lower bound (a zero gradient stays zero either way)."""
+    # Float arithmetic only: on CPU a comparison that makes a bool tensor costs ~8 float multiplies.
+    grad = grad.clamp(min=0) * (threat.upper - x_adv).sign() + grad.clamp(max=0) * (x_adv - threat.lower).sign()
     return grad if keep is None else grad * keep
 
 
@@ -108,25 +110,26 @@ def fmn(
     n, dual = x.shape[0], DUAL[threat.norm]
     keep = None if threat.mask is None else threat.mask.to(device=x.device, dtype=x.dtype).expand_as(x)
     worst = torch.maximum(x - threat.lower, threat.upper - x).flatten(1).norm(p=threat.order, dim=1)
-    delta = torch.zeros_like(x)
+    x_adv = x.clone()
     eps = torch.full((n,), float("inf"), device=x.device, dtype=x.dtype)
     best_norm = torch.full_like(eps, float("inf"))
     best = x.clone()
     found = torch.zeros(n, dtype=torch.bool, device=x.device)
     for i in range(steps):
         alpha, gamma = _cosine(a0, a1, i, steps), _cosine(gamma_init, gamma_final, i, steps)
-        loss, grad, hit = _gradient(model, x, delta, labels, targeted)
-        grad = _movable(grad, x + delta, threat, keep)
+        loss, grad, hit = _gradient(model, x_adv, labels, targeted)
+        grad = _movable(grad, x_adv, threat, keep)
+        delta = x_adv - x
         norm = threat.norm_of(delta)
         better = hit & (norm < best_norm)
         best_norm = torch.where(better, norm, best_norm)
-        best = torch.where(_view(better, x), x + delta, best)
+        best = select_rows(better, x_adv, best)
         found |= hit
         eps = torch.minimum(_new_eps(eps, norm, best_norm, found, hit, loss, grad, gamma, dual), worst)
-        step = grad / _view(grad.flatten(1).norm(dim=1).clamp_min(1e-12), grad)
-        delta = _constrain(delta + alpha * step, eps, threat.norm)
-        delta = (x + delta).clamp(threat.lower, threat.upper) - x
+        length = grad.flatten(1).norm(dim=1).clamp_min(1e-12)
+        delta = _constrain(torch.addcmul(delta, grad, _view(alpha / length, grad)), eps, threat.norm)
+        x_adv = (x + delta).clamp_(threat.lower, threat.upper)
     with torch.no_grad():  # the last step's point has not been checked yet
-        hit = is_adversarial(model(x + delta), labels, targeted)
-    better = hit & (threat.norm_of(delta) < best_norm)
-    return torch.where(_view(better, x), x + delta, best).detach()
+        hit = is_adversarial(model(x_adv), labels, targeted)
+    better = hit & (threat.norm_of(x_adv - x) < best_norm)
+    return select_rows(better, x_adv, best).detach()

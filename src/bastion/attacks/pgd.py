@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from bastion.attacks.base import register_attack
 from bastion.attacks.losses import LOSSES, input_gradient, is_adversarial
-from bastion.attacks.steps import lp_step
+from bastion.attacks.steps import lp_step, select_rows
 from bastion.oracle import attribute
 from bastion.threat import LpThreat
 
@@ -99,7 +99,7 @@ def _run(
         values = loss_fn(logits, ya, targeted)
         hit = is_adversarial(logits, ya, targeted)
         better = (values > best_loss) | hit
-        best_x = torch.where(better.view(-1, *([1] * (x.dim() - 1))), xa, best_x)
+        best_x = select_rows(better, xa, best_x)
         best_loss = torch.where(better, values, best_loss)
         if t == steps or bool(hit.all()):
             out[pos], broken[pos] = best_x, hit

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from bastion.attacks.base import register_attack
 from bastion.attacks.losses import is_adversarial, margin
+from bastion.attacks.steps import select_rows
 from bastion.blackbox.target import partial_results, query_scores
 from bastion.oracle import attribute
 from bastion.threat import LpThreat
@@ -154,7 +155,7 @@ def _evaluate(oracle: _Oracle, state: _Active, cand: Tensor, accept_all: bool, d
     values = margin(scores, state.y, oracle.targeted)
     hit = is_adversarial(scores, state.y, oracle.targeted)
     better = torch.ones_like(hit) if accept_all else hit | (values > state.margin)
-    state.best = torch.where(_view(better), cand, state.best)
+    state.best = select_rows(better, cand, state.best)
     state.margin = torch.where(better, values, state.margin)
     stay = torch.zeros_like(hit) if done else ~hit
     if bool(stay.all()):

@@ -14,6 +14,14 @@ def _view(v: Tensor, like: Tensor) -> Tensor:
     return v.view(-1, *([1] * (like.dim() - 1)))
 
 
+def select_rows(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """Row ``i`` of ``a`` where ``mask[i]``, else row ``i`` of ``b``, for finite ``a`` and ``b`` (iterates, not
+    gradients): ``torch.lerp`` with a 0/1 weight, exact for finite values (weight 0 gives ``b``, weight 1 gives
+    ``a``) and on CPU several times faster than ``torch.where`` with a broadcast bool mask (18 vs 113 us for 100
+    MNIST images on the bench machine), which matters once per iteration of every attack."""
+    return torch.lerp(b, a, _view(mask.to(a.dtype), a))
+
+
 def lp_step(
     grad: Tensor,
     step_size: Tensor,
