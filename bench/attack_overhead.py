@@ -1,0 +1,81 @@
+"""Per-iteration overhead of bastion's gradient attacks (issue 3): attack time over the time of its own passes.
+
+    .venv-bench/bin/python bench/attack_overhead.py [--model mnist-pgdat] [--points 100] [--reps 12]
+        [--attacks pgd,apgd] [--norms linf,l2]
+
+Each rep runs the attack through the runner, records every forward call (batch size, backward passes) with
+``common.BatchLog``, and then replays exactly those calls as bare forward+backward passes of the same model in a
+tight loop. The ratio of the two times is the attack's overhead over the compute it needed: 1.0 means no cost
+beyond the passes. The replay follows each rep, so both halves see the same machine state; the first rep (new
+batch shapes, allocations) is dropped. Reported: median and quartiles of the ratio over the other reps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+import common
+from bastion.evaluate.runner import Adaptation, run_attack
+from bastion.threat import LpThreat
+
+HYPER = {"pgd": {"steps": 40}, "apgd": {"loss": "ce", "n_iter": 100}}
+
+
+def replay(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, calls: list[list[int]]) -> float:
+    """Seconds for the recorded calls as bare passes: a forward of each call's rows, plus its backward passes."""
+    start = time.perf_counter()
+    for rows, backward in calls:
+        xx = x[:rows].clone().requires_grad_(backward > 0)
+        out = model(xx)
+        for _ in range(backward):
+            torch.autograd.grad(F.cross_entropy(out, y[:rows], reduction="sum"), xx, retain_graph=True)
+    return time.perf_counter() - start
+
+
+def logged_run(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, threat: LpThreat,
+               attack: str) -> tuple[float, list[list[int]]]:
+    """The runner's attack time and the forward calls the attack made."""
+    logs: list[common.BatchLog] = []
+
+    def log(m: torch.nn.Module) -> torch.nn.Module:
+        logs.append(common.BatchLog(m))
+        return logs[-1]
+
+    res = run_attack(model, x, y, threat, attack, generator=torch.Generator().manual_seed(0),
+                     adapt=Adaptation(wrap=log), **HYPER[attack])
+    return res.seconds, logs[0].calls
+
+
+def overhead(model: torch.nn.Module, model_name: str, x: torch.Tensor, y: torch.Tensor, attack: str, norm: str,
+             reps: int) -> dict[str, float]:
+    threat = LpThreat(norm, common.EPS[common.dataset_of(model_name)][norm])
+    ratios = []
+    for rep in range(reps):
+        seconds, calls = logged_run(model, x, y, threat, attack)
+        bare = replay(model, x, y, calls)
+        if rep:
+            ratios.append(seconds / bare)
+    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    return {"median": statistics.median(ratios), "q1": q[0], "q3": q[2], "reps": len(ratios)}
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="mnist-pgdat")
+    ap.add_argument("--points", type=int, default=100)
+    ap.add_argument("--reps", type=int, default=12)
+    ap.add_argument("--attacks", default="pgd,apgd")
+    ap.add_argument("--norms", default="linf,l2")
+    args = ap.parse_args()
+    model = common.get_models([args.model])[args.model]
+    x, y = common.points(common.dataset_of(args.model), args.points)
+    for attack in args.attacks.split(","):
+        for norm in args.norms.split(","):
+            r = overhead(model, args.model, x, y, attack, norm, args.reps)
+            print(f"{args.model} {attack} {norm}: attack time / its passes replayed = {r['median']:.3f} "
+                  f"(quartiles {r['q1']:.3f}-{r['q3']:.3f}, {r['reps']} reps)", flush=True)
