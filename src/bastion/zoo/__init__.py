@@ -44,8 +44,9 @@ _shipped("mnist-cnn-fastat", "mnist", "Small CNN, Fast-AT (FGSM-RS) L-inf eps 0.
 _shipped("fashion-cnn-fastat", "fashion-mnist", "Small CNN, Fast-AT (FGSM-RS) L-inf eps 0.1, 3 epochs.")
 _shipped("mnist-crown-pgdat", "mnist",
          "crown-cnn, PGD-AT (10 steps) L-inf eps 0.3, 5 epochs (docs/recipes/mnist-crown-pgd-at.yaml).")
-_shipped("mnist-crown-trades", "mnist",
-         "crown-cnn, TRADES (beta 6, 10 steps) L-inf eps 0.3, 10 epochs, EMA (docs/recipes/mnist-crown-trades.yaml).")
+_shipped("mnist-crown-wide-trades", "mnist",
+         "crown-cnn width 32, TRADES (beta 6, 10 steps) L-inf eps 0.3, 8 epochs, EMA "
+         "(docs/recipes/mnist-crown-wide-trades.yaml).")
 
 
 def _ccexam() -> tuple[nn.Module, CheckpointMeta]:
