@@ -70,6 +70,20 @@ def test_l2_random_start_radius_is_uniform_and_volume_sampling_sits_near_the_sph
     assert abs(float(v.mean()) - 0.4 * 64 / 65) < 0.01  # E[eps * U^(1/d)] = eps * d / (d + 1)
 
 
+def test_fused_l2_projection_is_ball_then_box() -> None:
+    """The fused L2 path of ``project_radius`` equals ``project_ball`` followed by the box clip, per-sample eps."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(6, 1, 4, 4, generator=g)
+    eps = torch.tensor([0.0, 0.05, 0.3, 1.0, 2.0, 50.0])
+    far = x + 3 * torch.randn(x.shape, generator=g)
+    far[1] = x[1]  # a zero perturbation stays zero (the norm clamp, not a division by zero)
+    threat = LpThreat("l2", eps)
+    got = threat.project_radius(far, x, eps)
+    want = (x + project_ball(far - x, eps, "l2")).clamp(0.0, 1.0)
+    assert torch.allclose(got, want, atol=1e-6) and torch.equal(got[1], x[1])
+    assert bool(threat.contains(got, x).all())
+
+
 def test_linf_bounds_clamp_is_the_projection() -> None:
     """One clamp to ``linf_bounds`` lands where ball projection, box clip and mask put a point (per-sample eps)."""
     g = torch.Generator().manual_seed(0)

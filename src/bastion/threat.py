@@ -95,8 +95,10 @@ class LpThreat:
     def project_radius(self, x_adv: Tensor, inputs: Tensor, eps: Tensor) -> Tensor:
         """``project`` with the per-sample radius ``eps`` (an ``(N,)`` tensor) given, for attacks whose working
         batch is a subset of the threat's samples; the radius is trusted (no validation in the hot loop)."""
-        delta = project_ball(x_adv - inputs, eps, self.norm)
         mask = self._mask_for(inputs)
+        if self.norm == "l2" and mask is None:
+            return _project_l2_box(x_adv, inputs, eps, self.lower, self.upper)
+        delta = project_ball(x_adv - inputs, eps, self.norm)
         if mask is not None:
             delta = delta.masked_fill(~mask, 0.0)
         # Clipping to the box moves each coordinate towards inputs, so the norm can only shrink.
@@ -159,6 +161,15 @@ def project_ball(delta: Tensor, eps: Tensor, norm: Norm) -> Tensor:
         factor = torch.clamp(eps / n, max=1.0)
         return delta * _view(factor, delta)
     return _project_l1(delta, eps)
+
+
+def _project_l2_box(x_adv: Tensor, inputs: Tensor, eps: Tensor, lower: float, upper: float) -> Tensor:
+    """L2 ball of radius ``eps`` around ``inputs``, then the box: ``project_ball`` and the clip fused into four
+    passes over the batch (difference, norm, scaled add, in-place clip) instead of seven; the hot path of the
+    L2 attacks (PGD, APGD project once or twice per iteration)."""
+    delta = x_adv - inputs
+    scale = (eps / torch.linalg.vector_norm(delta.flatten(1), dim=1).clamp_min_(1e-12)).clamp_max_(1.0)
+    return torch.addcmul(inputs, delta, _view(scale, delta)).clamp_(lower, upper)
 
 
 def _project_l1(delta: Tensor, eps: Tensor) -> Tensor:

@@ -124,3 +124,16 @@ def test_select_rows_is_exact() -> None:
     a, b = torch.randn(7, 3, 5, 5, generator=g) * 1e3, torch.rand(7, 3, 5, 5, generator=g) * 1e-3
     mask = torch.tensor([True, False, True, True, False, False, True])
     assert torch.equal(select_rows(mask, a, b), torch.where(mask.view(-1, 1, 1, 1), a, b))
+
+
+def test_l2_ascent_is_the_l2_step() -> None:
+    """The fused L2 step lands where ``x + lp_step(grad, length, "l2")`` does, zero gradients included."""
+    from bastion.attacks.steps import l2_ascent, lp_step
+
+    g = torch.Generator().manual_seed(0)
+    x, grad = torch.rand(5, 1, 6, 6, generator=g), torch.randn(5, 1, 6, 6, generator=g)
+    grad[2] = 0.0
+    length = torch.tensor([0.1, 0.5, 1.0, 2.0, 0.0])
+    got = l2_ascent(x, grad, length)
+    assert torch.allclose(got, x + lp_step(grad, length, "l2"), atol=1e-6) and torch.equal(got[2], x[2])
+    assert torch.allclose((got - x).flatten(1).norm(dim=1)[[0, 1, 3]], length[[0, 1, 3]], rtol=1e-5)

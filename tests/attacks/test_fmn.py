@@ -63,3 +63,26 @@ def test_l2_iterate_follows_the_radius_beyond_its_step_sizes(helpers) -> None:
     adv = fmn(model, x, y, LpThreat("l2", 1.0, **helpers.BOX), steps=5, alpha_init=0.5)
     assert helpers.success(model, adv, y).all()
     assert (LpThreat("l2", 1.0).norm_of(adv - x) / far).max() <= 1.1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_box_blocked_gradient_coordinates_are_exactly_the_ones_at_a_bound(dtype: torch.dtype) -> None:
+    """FMN drops a gradient coordinate only where the point sits on a box bound and the gradient points out;
+    the clamp form agrees with the bool-mask definition, bounds other than [0, 1] and the mask included."""
+    from bastion.attacks.fmn import _movable
+
+    g = torch.Generator().manual_seed(0)
+    lower, upper = -0.3, 0.7
+    x = (torch.rand(4, 1, 6, 6, generator=g) * (upper - lower) + lower).to(dtype)
+    x.view(-1)[::3] = lower
+    x.view(-1)[1::5] = upper
+    x.view(-1)[2::7] = upper - 1e-3  # near a bound but inside: untouched
+    grad = torch.randn(x.shape, generator=g).to(dtype) * 100
+    threat = LpThreat("l2", 1.0, lower=lower, upper=upper)
+    lo, hi = torch.tensor(lower, dtype=dtype), torch.tensor(upper, dtype=dtype)
+    blocked = ((x >= hi) & (grad > 0)) | ((x <= lo) & (grad < 0))
+    want = grad.masked_fill(blocked, 0.0)
+    assert blocked.any() and (~blocked).any()
+    assert torch.equal(_movable(grad, x, threat, None), want)
+    keep = (torch.rand(1, 1, 6, 6, generator=g) > 0.5).to(dtype).expand_as(x)
+    assert torch.equal(_movable(grad, x, threat, keep), want * keep)

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from bastion.attacks.base import register_attack
 from bastion.attacks.losses import cross_entropy, dlr, is_adversarial, margin
-from bastion.attacks.steps import select_rows
+from bastion.attacks.steps import l2_ascent, select_rows
 from bastion.oracle import attribute
 from bastion.threat import LpThreat
 
@@ -185,16 +185,14 @@ def _move(s: _State, cfg: _Config, first: bool) -> Tensor:
     t = cfg.threat
     if t.norm == "linf":
         z = _project(s, torch.addcmul(s.x_cur, s.grad.sign(), _view(s.step, s.grad)), cfg)
+    elif t.norm == "l2":
+        z = _project(s, l2_ascent(s.x_cur, s.grad, s.step), cfg)
     else:
-        if t.norm == "l2":
-            raw = s.grad * _view(s.step / s.grad.flatten(1).norm(dim=1).clamp_min(1e-12), s.grad)
-        else:
-            raw = _l1_step(s.grad, s.x_cur, s.step, s.topk, t.lower, t.upper)
-        z = _project(s, s.x_cur + raw, cfg)
+        z = _project(s, s.x_cur + _l1_step(s.grad, s.x_cur, s.step, s.topk, t.lower, t.upper), cfg)
     if first:  # a = 1: the point is z itself, already in the threat set
         return z
-    a = cfg.momentum
-    return _project(s, torch.lerp(s.x_cur, z, a).add_(s.x_cur - s.x_prev, alpha=1 - a), cfg)
+    # x + a (z - x) + (1 - a)(x - x_prev) = lerp(2 x - x_prev, z, a), and 2 x - x_prev = lerp(x_prev, x, 2)
+    return _project(s, torch.lerp(torch.lerp(s.x_prev, s.x_cur, 2.0), z, cfg.momentum), cfg)
 
 
 def _checkpoint(s: _State, cfg: _Config, period: int) -> _State:
@@ -251,10 +249,9 @@ def _run(model: nn.Module, x: Tensor, y: Tensor, targets: Tensor, threat: LpThre
             s = replace(s, f_cur=values, grad=grad, g_best=grad, f_best=values, f_best_last=values.clone())
         else:
             better = values > s.f_best
-            b = _view(better, s.x)
             s = replace(
                 s, x_prev=s.x_cur, x_cur=x_cur, rises=s.rises + (values > s.f_cur).to(s.rises.dtype), f_cur=values,
-                grad=grad, x_best=select_rows(better, x_cur, s.x_best), g_best=torch.where(b, grad, s.g_best),
+                grad=grad, x_best=select_rows(better, x_cur, s.x_best), g_best=select_rows(better, grad, s.g_best),
                 f_best=torch.where(better, values, s.f_best),
             )
         hit = is_adversarial(logits, s.y, cfg.targeted)

@@ -94,36 +94,34 @@ def deepfool(
     if threat.norm not in ("l2", "linf"):
         raise ValueError(f"DeepFool supports l2 and linf; got {threat.norm}. Use fmn or apgd for l1.")
     x = inputs.detach()
-    n = x.shape[0]
     keep_mask = None if threat.mask is None else threat.mask.to(device=x.device, dtype=x.dtype).expand_as(x)
-    active = torch.arange(n, device=x.device)
-    others: Tensor | None = None  # candidate classes, ranked by the clean logits on the first iteration
-    r_total = torch.zeros_like(x)
+    # The working batch: rows still attacked, compacted as points break (no gather/scatter per iteration).
+    active = torch.arange(x.shape[0], device=x.device)
+    xs, xa, r, ya = x, x.clone(), torch.zeros_like(x), labels
+    cls: Tensor | None = None  # candidate classes, ranked by the clean logits on the first iteration
     best = x.clone()
-    x_adv = x.clone()
     scale = 1 + overshoot
     for it in range(max_iter + 1):
-        xa, ya = x_adv[active], labels[active]
         if it < max_iter:
-            cls = None if others is None else others[active]
             logits, diffs, grads, cls = _boundaries(model, xa, ya, cls, active, targeted=targeted,
                                                     candidates=candidates)
-            if others is None and not targeted:
-                others = cls
         else:
             with torch.no_grad(), attribute(model, active):
                 logits = model(xa)
         hit = is_adversarial(logits, ya, targeted)
-        best[active[hit]] = xa[hit]
-        if it == max_iter or hit.all():
+        if it == max_iter or bool(hit.all()):
+            best[active[hit]] = xa[hit]
             break
-        keep = ~hit
-        active, diffs, grads = active[keep], diffs[keep], grads[keep]
+        if bool(hit.any()):
+            best[active[hit]] = xa[hit]
+            keep = ~hit
+            active, xs, xa, r, ya, diffs, grads, cls = (
+                t[keep] for t in (active, xs, xa, r, ya, diffs, grads, cls))
         if keep_mask is not None:
             grads = grads * keep_mask[active][:, None]
-        r_total[active] += _step(diffs, grads, threat.norm)
-        x_adv[active] = (x[active] + scale * r_total[active]).clamp(threat.lower, threat.upper)
+        r = r + _step(diffs, grads, threat.norm)
+        xa = torch.add(xs, r, alpha=scale).clamp_(threat.lower, threat.upper)
         # keep the accumulated step equal to what the box let through: a component clipped away at a
         # pixel's bound must not have to be undone by later steps before they take effect there
-        r_total[active] = (x_adv[active] - x[active]) / scale
+        r = (xa - xs).div_(scale)
     return best.detach()

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from bastion.attacks.base import register_attack
 from bastion.attacks.losses import LOSSES, input_gradient, is_adversarial
-from bastion.attacks.steps import lp_step, select_rows
+from bastion.attacks.steps import l2_ascent, lp_step, select_rows
 from bastion.oracle import attribute
 from bastion.threat import LpThreat
 
@@ -114,7 +114,10 @@ def _run(
         if lo is not None:
             xa = torch.addcmul(xa, grad.sign(), sa.view(-1, *([1] * (x.dim() - 1)))).clamp_(lo, hi)
             continue
-        moved = xa + lp_step(grad, sa, threat.norm, x=xa, lower=threat.lower, upper=threat.upper,
-                             l1_sparsity=l1_sparsity)
+        if threat.norm == "l2":
+            moved = l2_ascent(xa, grad, sa)
+        else:
+            moved = xa + lp_step(grad, sa, threat.norm, x=xa, lower=threat.lower, upper=threat.upper,
+                                 l1_sparsity=l1_sparsity)
         xa = threat.project_radius(moved, xc, ea)
     return out, broken

@@ -15,11 +15,20 @@ def _view(v: Tensor, like: Tensor) -> Tensor:
 
 
 def select_rows(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """Row ``i`` of ``a`` where ``mask[i]``, else row ``i`` of ``b``, for finite ``a`` and ``b`` (iterates, not
-    gradients): ``torch.lerp`` with a 0/1 weight, exact for finite values (weight 0 gives ``b``, weight 1 gives
-    ``a``) and on CPU several times faster than ``torch.where`` with a broadcast bool mask (18 vs 113 us for 100
-    MNIST images on the bench machine), which matters once per iteration of every attack."""
+    """Row ``i`` of ``a`` where ``mask[i]``, else row ``i`` of ``b``, for finite ``a`` and ``b``: ``torch.lerp``
+    with a 0/1 weight, exact for finite values (weight 0 gives ``b``, weight 1 gives ``a``) and on CPU several
+    times faster than ``torch.where`` with a broadcast bool mask (18 vs 113 us for 100 MNIST images on the bench
+    machine), which matters once per iteration of every attack. A non-finite entry spoils its own row either way
+    (0 * inf is nan), so use it for iterates and input gradients, whose non-finite values would already have
+    derailed the attack, and not for values that may be inf on purpose."""
     return torch.lerp(b, a, _view(mask.to(a.dtype), a))
+
+
+def l2_ascent(x: Tensor, grad: Tensor, length: Tensor) -> Tensor:
+    """``x + length * grad / ||grad||`` per sample in two passes over the batch (norm, fused add): the L2 step
+    of PGD and APGD, the same point as ``x + lp_step(grad, length, "l2")`` up to float rounding."""
+    scale = length / torch.linalg.vector_norm(grad.flatten(1), dim=1).clamp_min_(1e-12)
+    return torch.addcmul(x, grad, _view(scale, grad))
 
 
 def lp_step(
