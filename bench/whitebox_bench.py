@@ -1,13 +1,14 @@
 """White-box attack bench (issue 3): bastion's gradient attacks against torchattacks, ART, Foolbox and adv-lib.
 
     .venv-bench/bin/python bench/whitebox_bench.py [--models digits-std,digits-pgdat] [--points 500]
-        [--attacks fgsm,pgd,apgd-ce,apgd-t,cw,deepfool,fmn] [--reps 3] [--reps-heavy 1]
+        [--attacks fgsm,pgd,apgd-ce,apgd-t,cw,deepfool,fmn] [--reps 3] [--reps-heavy 1] [--reps-quick 15]
         [--out bench/results/whitebox.json]
 
 Same model, same points, same settings for every library; only points the model classifies correctly are
 attacked (robust accuracy is over all points). Peers' outputs are re-checked like bastion's (projected onto
 the threat, re-classified). Libraries alternate within one process, single-threaded; wall-time medians over
-``--reps`` repetitions (``--reps-heavy`` for APGD-T, C&W, DeepFool and FMN). bastion's speed ratio is its attack
+``--reps`` repetitions (``--reps-heavy`` for APGD-T, C&W, DeepFool and FMN; ``--reps-quick`` for FGSM, a call of
+a few milliseconds whose median over 3 is at the mercy of one scheduler hiccup). bastion's speed ratio is its attack
 time over
 (passes it used x the measured time of one forward+backward pass of the attacked batch).
 """
@@ -44,6 +45,7 @@ from art.estimators.classification import PyTorchClassifier  # noqa: E402
 
 MINIMAL = {"cw", "deepfool", "fmn"}
 HEAVY = {"apgd-t", "cw", "deepfool", "fmn"}
+QUICK = {"fgsm"}
 PGD_STEPS = 40
 CW = {"binary_search_steps": 5, "max_iterations": 100, "initial_const": 1e-2, "learning_rate": 0.01}
 DF = {"max_iter": 50, "overshoot": 0.02}
@@ -270,6 +272,7 @@ def main() -> None:
     ap.add_argument("--norms", default="linf,l2")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--reps-heavy", type=int, default=1)
+    ap.add_argument("--reps-quick", type=int, default=15)
     ap.add_argument("--skip", default="", help="libraries or lib:attack pairs to leave out, comma separated")
     ap.add_argument("--out", default=str(common.RESULTS / "whitebox.json"))
     args = ap.parse_args()
@@ -287,7 +290,7 @@ def main() -> None:
             for norm in NORMS[attack]:
                 if norm not in args.norms.split(","):
                     continue
-                reps = args.reps_heavy if attack in HEAVY else args.reps
+                reps = args.reps_heavy if attack in HEAVY else args.reps_quick if attack in QUICK else args.reps
                 rows.append(bench_one(model, model_name, attack, norm, common.EPS[ds][norm], xs, ys, len(y), reps,
                                       skip))
                 common.write_json(
