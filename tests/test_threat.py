@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bastion.errors import InvalidInputError
-from bastion.threat import LpThreat, project_ball, sample_ball
+from bastion.threat import LpThreat, lp_norms, project_ball, sample_ball
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
@@ -97,3 +97,15 @@ def test_linf_bounds_clamp_is_the_projection() -> None:
     assert torch.equal(lo[~mask.expand_as(x)], x[~mask.expand_as(x)])
     with pytest.raises(ValueError, match="L-inf"):
         LpThreat("l2", 1.0).linf_bounds(x, eps)
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, math.inf])
+def test_lp_norms_match_vector_norm(p: float) -> None:
+    """The fast L1 / L-inf reductions give ``torch.linalg.vector_norm``'s values, on any dim and with NaN rows."""
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(5, 3, 7, generator=g)
+    t[2, 1, 3] = float("nan")
+    for dim in (1, 2):
+        want = torch.linalg.vector_norm(t, p, dim=dim)
+        assert torch.allclose(lp_norms(t, p, dim=dim), want, rtol=1e-6, equal_nan=True)
+    assert torch.isnan(lp_norms(t.flatten(1), p)[2])

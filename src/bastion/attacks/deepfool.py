@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from bastion.attacks.base import register_attack
 from bastion.attacks.losses import is_adversarial
 from bastion.oracle import attribute
-from bastion.threat import LpThreat
+from bastion.threat import LpThreat, lp_norms
 
 TINY = 1e-4  # the authors' code adds this to the distance to the boundary, to cross it
 
@@ -53,7 +53,7 @@ def _step(diffs: Tensor, grads: Tensor, norm: str) -> Tensor:
     """Step onto the nearest linearized boundary, a little past it: the distance |f_l| / ||w_l||_q plus
     ``TINY`` along w_l / ||w_l||_2 (L2) or sign(w_l) (L-inf), as in the authors' code."""
     flat = grads.flatten(2)  # (N, K, D)
-    dual = flat.norm(p=2 if norm == "l2" else 1, dim=2).clamp_min(1e-12)  # (N, K)
+    dual = lp_norms(flat, 2 if norm == "l2" else 1, dim=2).clamp_min(1e-12)  # (N, K)
     dist = diffs.abs() / dual
     nearest = dist.argmin(1)
     rows = torch.arange(flat.shape[0], device=flat.device)

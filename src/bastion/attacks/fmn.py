@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from bastion.attacks.base import register_attack
 from bastion.attacks.losses import is_adversarial, margin
 from bastion.attacks.steps import select_rows
-from bastion.threat import LpThreat, project_ball
+from bastion.threat import LpThreat, lp_norms, project_ball
 
 DUAL = {"linf": 1.0, "l2": 2.0, "l1": math.inf}
 ALPHA_INIT = {"linf": 10.0, "l2": 1.0, "l1": 1.0}
@@ -122,7 +122,7 @@ def fmn(
     x = inputs.detach()
     n, dual = x.shape[0], DUAL[threat.norm]
     keep = None if threat.mask is None else threat.mask.to(device=x.device, dtype=x.dtype).expand_as(x)
-    worst = torch.maximum(x - threat.lower, threat.upper - x).flatten(1).norm(p=threat.order, dim=1)
+    worst = threat.norm_of(torch.maximum(x - threat.lower, threat.upper - x))
     x_adv = x.clone()
     eps = torch.full((n,), float("inf"), device=x.device, dtype=x.dtype)
     best_norm = torch.full_like(eps, float("inf"))
@@ -139,7 +139,7 @@ def fmn(
         best = select_rows(better, x_adv, best)
         found |= hit
         length = torch.linalg.vector_norm(grad.flatten(1), dim=1).clamp_min_(1e-12)
-        dual_norm = length if dual == 2.0 else torch.linalg.vector_norm(grad.flatten(1), dual, dim=1).clamp_min_(1e-12)
+        dual_norm = length if dual == 2.0 else lp_norms(grad.flatten(1), dual).clamp_min_(1e-12)
         eps = torch.minimum(_new_eps(eps, norm, best_norm, found, hit, loss, dual_norm, gamma), worst)
         x_adv = _constrain(x, torch.addcmul(delta, grad, _view(alpha / length, grad)), eps, threat)
     with torch.no_grad():  # the last step's point has not been checked yet
