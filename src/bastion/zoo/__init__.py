@@ -47,6 +47,9 @@ _shipped("mnist-crown-pgdat", "mnist",
 _shipped("mnist-crown-wide-trades", "mnist",
          "crown-cnn width 32, TRADES (beta 6, 10 steps) L-inf eps 0.3, 8 epochs, EMA "
          "(docs/recipes/mnist-crown-wide-trades.yaml).")
+_shipped("mnist-crown-wide-fastat", "mnist",
+         "crown-cnn width 64, Fast-AT (FGSM-RS, step 1.0 eps, eps ramp) L-inf eps 0.3, 12 epochs, EMA "
+         "(docs/recipes/mnist-crown-wide-fast-at.yaml).")
 
 
 def _ccexam() -> tuple[nn.Module, CheckpointMeta]:
