@@ -71,3 +71,21 @@ def test_pgd_with_the_cw_margin_loss(helpers, classes: int) -> None:
     below = pgd(model, x, y, LpThreat("linf", opt * 0.95, **helpers.BOX), loss="cw", steps=100, generator=gen)
     assert helpers.success(model, above, y).float().mean() >= (1.0 if classes == 2 else 0.75)
     assert not helpers.success(model, below, y).any()
+
+
+def test_adam_step_matches_torch_adam() -> None:
+    """C&W's element-wise Adam (in-place moments, bias corrections folded into scalars) takes torch.optim.Adam's
+    steps on the same gradients."""
+    from bastion.attacks.cw import ADAM_BETAS, ADAM_EPS, _adam
+
+    g = torch.Generator().manual_seed(0)
+    w0 = torch.randn(4, 1, 3, 3, generator=g)
+    grads = [torch.randn(4, 1, 3, 3, generator=g) for _ in range(5)]
+    ref = w0.clone().requires_grad_(True)
+    opt = torch.optim.Adam([ref], lr=0.01, betas=ADAM_BETAS, eps=ADAM_EPS)
+    w, m, v = w0.clone(), torch.zeros_like(w0), torch.zeros_like(w0)
+    for t, grad in enumerate(grads, start=1):
+        ref.grad = grad.clone()
+        opt.step()
+        w, m, v = _adam(w, grad, m, v, t, 0.01)
+        assert torch.allclose(w, ref.detach(), atol=1e-6)
