@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from bastion.attacks.base import register_attack
 from bastion.attacks.losses import is_adversarial, margin
-from bastion.attacks.steps import select_rows
+from bastion.attacks.steps import l2_ascent, select_rows
 from bastion.threat import LpThreat, lp_norms, project_ball
 
 DUAL = {"linf": 1.0, "l2": 2.0, "l1": math.inf}
@@ -88,9 +88,8 @@ def _new_eps(eps: Tensor, norm: Tensor, best: Tensor, found: Tensor, hit: Tensor
 def _constrain(x: Tensor, delta: Tensor, eps: Tensor, threat: LpThreat) -> Tensor:
     """``x + delta`` with ``delta`` rescaled onto the L2 sphere of radius ``eps`` (the reference code's
     rescaling; L-inf and L1: projected into the ball), then clipped to the box."""
-    if threat.norm == "l2":
-        scale = eps / torch.linalg.vector_norm(delta.flatten(1), dim=1).clamp_min_(1e-12)
-        return torch.addcmul(x, delta, _view(scale, delta)).clamp_(threat.lower, threat.upper)
+    if threat.norm == "l2":  # x + eps * delta / ||delta||: the L2 ascent step along delta, of length eps
+        return l2_ascent(x, delta, eps).clamp_(threat.lower, threat.upper)
     return (x + project_ball(delta, eps, threat.norm)).clamp_(threat.lower, threat.upper)
 
 
