@@ -15,18 +15,23 @@ from bastion.defenses.training import Recipe, train_epochs
 
 # TRADES is left out: its attack starts 0.001 from x where the KL gradient is ~1e-9 and its sign depends on
 # the floating-point summation order of a 64-row versus a 32-row batch; the update is the same, the numbers not.
-DEFENSES = {"pgd-at": {"steps": 3}, "awp": {"steps": 3}}
+# ATTA runs two epochs so that the second starts from perturbations the ranks stored and shared in the first.
+DEFENSES = {"pgd-at": ("pgd-at", {"steps": 3}, 1), "awp": ("awp", {"steps": 3}, 1),
+            "atta": ("fast-at", {"guard": "none", "init": "prior", "alpha_factor": 0.5}, 2)}
 
 
-def _recipe(defense: str) -> Recipe:
+def _recipe(name: str) -> Recipe:
     # 300 points in batches of 64: the last global batch (44) is split 22/22, the others 32/32.
-    return Recipe(defense=defense, dataset="toy", eps=EPS, epochs=1, batch_size=64, lr=3e-2, val_size=64,
-                  check_size=64, val_steps=3, method=DEFENSES[defense])
+    defense, method, epochs = DEFENSES[name]
+    return Recipe(defense=defense, dataset="toy", eps=EPS, epochs=epochs, batch_size=64, lr=3e-2, val_size=64,
+                  check_size=64, val_steps=3, method=method)
 
 
 def _train(defense: str) -> dict[str, torch.Tensor]:
-    model, _ = train_epochs(toy_model(), toy(300, 0), toy(64, 1), _recipe(defense))
-    return model.state_dict()
+    """The selected weights and, for ATTA, the stored perturbations (every rank must hold all of them)."""
+    model, run = train_epochs(toy_model(), toy(300, 0), toy(64, 1), _recipe(defense))
+    memory = {} if run.memory is None or run.memory.delta is None else {"memory.delta": run.memory.delta.float()}
+    return model.state_dict() | memory
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
@@ -54,4 +59,6 @@ def test_two_ranks_match_single_process(tmp_path: Path) -> None:
             assert torch.equal(r0[defense][key], r1[defense][key]), f"{defense}: replicas differ in {key}"
             torch.testing.assert_close(r0[defense][key], value, rtol=1e-4, atol=1e-5,
                                        msg=f"{defense}: 2 ranks differ from 1 process in {key}")
-        assert any(not torch.equal(v, toy_model().state_dict()[k]) for k, v in single.items())
+        initial = toy_model().state_dict()
+        assert any(not torch.equal(v, initial[k]) for k, v in single.items() if k in initial)
+    assert "memory.delta" in r0["atta"] and bool(r0["atta"]["memory.delta"].abs().sum(1).gt(0).all())

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from adv_helpers import EPS, toy, toy_model
 
 from bastion.defenses.training import METHODS, StepContext, robust_accuracy
+from bastion.defenses.training.atta import PerturbationMemory
 from bastion.defenses.training.grad_align import grad_align_penalty
 from bastion.threat import LpThreat
 from bastion.zoo.architectures import build_model
@@ -18,13 +19,14 @@ THREAT = LpThreat("linf", EPS)
 HYPER = {"pgd-at": {"steps": 5}, "trades": {"steps": 5}, "mart": {"steps": 5}, "awp": {"steps": 5}, "fast-at": {}}
 
 
-def _train(step, epochs: int = 8, **kw) -> torch.nn.Module:
+def _train(step, epochs: int = 8, memory: PerturbationMemory | None = None, **kw) -> torch.nn.Module:
     model = toy_model()
     opt = torch.optim.Adam(model.parameters(), lr=3e-2)
     g = torch.Generator().manual_seed(0)
     for epoch in range(epochs):
         for b, idx in enumerate(torch.randperm(len(TRAIN), generator=g).split(64)):
-            step(model, opt, TRAIN.x[idx], TRAIN.y[idx], THREAT, StepContext(seed=epoch * 100 + b), **kw)
+            ctx = StepContext(seed=epoch * 100 + b, index=idx, memory=memory)
+            step(model, opt, TRAIN.x[idx], TRAIN.y[idx], THREAT, ctx, **kw)
     return model.eval()
 
 
@@ -88,3 +90,46 @@ def test_steps_do_not_touch_global_rng() -> None:
     for name in METHODS.names():
         METHODS.get(name).step(model, torch.optim.SGD(model.parameters(), lr=0.1), x, y, THREAT, **HYPER[name])
     assert torch.equal(before, torch.get_rng_state())
+
+
+def test_fast_at_with_atta_prior_beats_standard_training(standard_robust: float) -> None:
+    memory = PerturbationMemory(len(TRAIN))
+    model = _train(METHODS.get("fast-at").step, memory=memory, guard="none", init="prior", alpha_factor=1.0)
+    clean, robust = robust_accuracy(model, TEST.x, TEST.y, THREAT, steps=20)
+    assert robust > standard_robust + 0.5 and clean > 0.9, f"robust {robust:.3f} vs standard {standard_robust:.3f}"
+    assert memory.seen is not None and bool(memory.seen.all())
+
+
+def test_atta_accumulates_one_step_per_visit_to_the_corner_of_the_ball() -> None:
+    # Two-class linear model, frozen (lr 0): the input gradient's sign is the same everywhere, so the stored
+    # perturbation moves alpha per visit along it until it reaches eps * sign (where the box allows).
+    linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(TRAIN.x[0].numel(), 2))
+    opt = torch.optim.SGD(linear.parameters(), lr=0.0)
+    x, y = TRAIN.x[:32], TRAIN.y[:32]
+    memory = PerturbationMemory(len(TRAIN))
+    ctx = StepContext(seed=5, index=torch.arange(32), memory=memory)
+    xa = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(F.cross_entropy(linear(xa), y, reduction="sum"), xa)
+    corner = (x + EPS * grad.sign()).clamp(0, 1) - x
+    deltas = []
+    for _ in range(5):
+        METHODS.get("fast-at").step(linear, opt, x, y, THREAT, ctx, guard="none", init="prior", alpha_factor=0.5)
+        deltas.append(memory.delta[:32].float())
+    first = deltas[0]
+    assert (first - corner).abs().amax() > 0.5 * EPS, "one visit from a random start is not yet at the corner"
+    torch.testing.assert_close(deltas[1], (first + 0.5 * EPS * grad.sign()).clamp(-EPS, EPS).clamp(-x, 1 - x),
+                               atol=1e-3, rtol=0)
+    torch.testing.assert_close(deltas[-1], corner, atol=1e-3, rtol=0)  # float16 storage
+    assert memory.delta[32:].abs().sum() == 0 and not memory.seen[32:].any()
+
+
+def test_atta_prior_needs_the_loops_memory_and_plain_fgsm() -> None:
+    model, x, y = toy_model(), TRAIN.x[:8], TRAIN.y[:8]
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    with pytest.raises(ValueError, match="PerturbationMemory"):
+        METHODS.get("fast-at").step(model, opt, x, y, THREAT, guard="none", init="prior")
+    with pytest.raises(ValueError, match="guard='none'"):
+        METHODS.get("fast-at").step(model, opt, x, y, THREAT, init="prior")
+    ctx = StepContext(index=torch.arange(4), memory=PerturbationMemory(len(TRAIN)))
+    with pytest.raises(ValueError, match="4 rows"):
+        METHODS.get("fast-at").step(model, opt, x, y, THREAT, ctx, guard="none", init="prior")

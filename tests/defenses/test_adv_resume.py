@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from adv_helpers import EPS, toy, toy_model
 
@@ -29,9 +30,15 @@ train_epochs(toy_model(), toy(320, 0), toy(64, 1), RECIPE, state_path=Path(sys.a
 """
 
 
-def _run(state: Path | None, on_event=None) -> dict[str, torch.Tensor]:
-    model, _ = train_epochs(toy_model(), toy(320, 0), toy(64, 1), RECIPE, state_path=state, on_event=on_event)
-    return model.state_dict()
+# ATTA keeps a perturbation per training point across epochs: the state file must carry it.
+ATTA = RECIPE.model_copy(update={"method": {"guard": "none", "init": "prior", "alpha_factor": 0.5}})
+
+
+def _run(state: Path | None, on_event=None, recipe: Recipe = RECIPE) -> dict[str, torch.Tensor]:
+    """The selected (EMA, best-epoch) weights and, under ``raw.``, the last weights trained in place."""
+    raw = toy_model()
+    model, _ = train_epochs(raw, toy(320, 0), toy(64, 1), recipe, state_path=state, on_event=on_event)
+    return model.state_dict() | {f"raw.{k}": v for k, v in raw.state_dict().items()}
 
 
 def test_resume_after_kill_matches_uninterrupted(tmp_path: Path) -> None:
@@ -54,7 +61,8 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path: Path) -> None:
         assert torch.equal(resumed[key], value), key
 
 
-def test_in_process_interrupt_then_resume(tmp_path: Path) -> None:
+@pytest.mark.parametrize("recipe", [RECIPE, ATTA], ids=["fgsm-rs", "atta"])
+def test_in_process_interrupt_then_resume(tmp_path: Path, recipe: Recipe) -> None:
     state = tmp_path / "b.state.pt"
 
     def stop(e: Event) -> None:
@@ -62,7 +70,10 @@ def test_in_process_interrupt_then_resume(tmp_path: Path) -> None:
             raise KeyboardInterrupt
 
     with contextlib.suppress(KeyboardInterrupt):
-        _run(state, stop)
-    assert torch.load(state, weights_only=False)["run"]["epoch"] == 2
-    resumed, straight = _run(state), _run(None)
+        _run(state, stop, recipe)
+    saved = torch.load(state, weights_only=False)["run"]
+    assert saved["epoch"] == 2
+    if recipe is ATTA:
+        assert saved["memory"]["seen"].all(), "every training point's perturbation is in the state file"
+    resumed, straight = _run(state, recipe=recipe), _run(None, recipe=recipe)
     assert all(torch.equal(resumed[k], v) for k, v in straight.items())

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -22,6 +23,9 @@ from torch import Tensor, nn
 from bastion.attacks.steps import lp_step
 from bastion.registry import Registry
 from bastion.threat import LpThreat
+
+if TYPE_CHECKING:
+    from bastion.defenses.training.atta import PerturbationMemory
 
 
 @dataclass(frozen=True)
@@ -33,12 +37,16 @@ class StepContext:
         start: index of this process's first row in the global batch.
         total: global batch size (0: the local batch is the whole batch).
         world: number of data-parallel processes (gradients are all-reduced when above 1).
+        index: the data-set indices of the whole global batch (methods that keep per-point state need them).
+        memory: per-point perturbations kept across epochs (ATTA, ``atta.py``), owned by the loop.
     """
 
     seed: int = 0
     start: int = 0
     total: int = 0
     world: int = 1
+    index: Tensor | None = None
+    memory: PerturbationMemory | None = None
 
     def global_size(self, local: int) -> int:
         return self.total or local

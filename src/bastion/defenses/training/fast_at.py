@@ -13,6 +13,10 @@ epoch while FGSM accuracy rises). Two guards:
   ``guard="none"`` is Wong et al.'s FGSM-RS;
 * detection: the training loop checks PGD accuracy on a fixed validation batch and rolls back to the last
   good weights and stops when it collapses (Wong et al.'s early stopping; see ``guard.py``).
+
+``init="prior"`` (with ``guard="none"``) starts each point's FGSM step from its perturbation of the last
+epoch instead of a fresh random start, and stores the result back (ATTA, Zheng et al. 2020, ``atta.py``):
+the same two passes per sample, with examples that accumulate one step per epoch.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bastion.attacks.steps import lp_step
+from bastion.defenses.training.atta import prior_start
 from bastion.defenses.training.base import (
     StepContext,
     StepStats,
@@ -41,13 +46,15 @@ ALPHA_FACTOR = 1.25  # Wong et al. 2020: alpha = 1.25 eps
 
 
 def fgsm_rs_examples(model: nn.Module, x: Tensor, y: Tensor, threat: LpThreat, ctx: StepContext, *,
-                     alpha_factor: float = ALPHA_FACTOR, random_init: bool = True) -> Tensor:
+                     alpha_factor: float = ALPHA_FACTOR, random_init: bool = True,
+                     start: Tensor | None = None) -> Tensor:
     """FGSM-RS: uniform start in the ball, one step of ``alpha_factor * eps``, projection onto the ball and box.
 
     ``random_init=False`` is plain FGSM from ``x`` (GradAlign's setting: with ``alpha_factor >= 1`` the step
-    is ``eps * sign(grad)``).
+    is ``eps * sign(grad)``); ``start`` overrides both (ATTA's stored start).
     """
-    start = random_start(threat, x, ctx) if random_init else x
+    if start is None:
+        start = random_start(threat, x, ctx) if random_init else x
     with eval_mode(model):
         xa = start.detach().requires_grad_(True)
         (grad,) = torch.autograd.grad(F.cross_entropy(model(xa), y, reduction="sum"), xa)
@@ -71,11 +78,21 @@ def fast_at_step(
     alpha_factor: float = ALPHA_FACTOR,
     guard: Literal["n-fgsm", "grad-align", "none"] = "n-fgsm",
     grad_align: float = LAMBDA,
+    init: Literal["random", "prior"] = "random",
 ) -> StepStats:
     """One Fast-AT step: 2 forward and 2 backward passes per sample. GradAlign adds 2 forwards, the 2
     backwards of its input gradients, and their double backpropagation in the update (counted as 2
     backward passes per gradient): 4 forward and 8 backward passes per sample."""
-    if guard == "n-fgsm":
+    if init not in ("random", "prior"):
+        raise ValueError(f"Unknown init {init!r}; use 'random' (FGSM-RS) or 'prior' (ATTA).")
+    if init == "prior" and guard != "none":
+        raise ValueError(f"init='prior' replaces the random start of FGSM-RS; use it with guard='none', "
+                         f"not {guard!r}.")
+    if init == "prior":
+        x_adv = fgsm_rs_examples(model, x, y, threat, ctx, alpha_factor=alpha_factor,
+                                 start=prior_start(threat, x, ctx))
+        ctx.memory.write(ctx, x_adv - x)  # type: ignore[union-attr]  (prior_start checked it)
+    elif guard == "n-fgsm":
         x_adv = n_fgsm_examples(model, x, y, threat, ctx)
     elif guard in ("none", "grad-align"):
         # GradAlign trains on plain FGSM from the clean point (Andriushchenko & Flammarion 2020, sec. 5).

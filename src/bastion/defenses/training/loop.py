@@ -15,7 +15,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from torch import nn
 
 from bastion.data import load_dataset
 from bastion.data.base import Split
+from bastion.defenses.training.atta import PerturbationMemory
 from bastion.defenses.training.averaging import ema_update, recompute_bn
 from bastion.defenses.training.base import METHODS, StepContext
 from bastion.defenses.training.curriculum import AutoSchedule
@@ -65,6 +66,7 @@ class RunState:
     cpu_seconds: float = 0.0
     stopped: str = ""
     schedule: AutoSchedule | None = None
+    memory: PerturbationMemory | None = None
 
 
 def rank_world() -> tuple[int, int]:
@@ -93,9 +95,11 @@ def make_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
 def _save_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
                 run: RunState, ema: nn.Module | None, guard: CollapseGuard) -> None:
     tmp = path.with_suffix(".tmp")
+    saved_run = {f.name: getattr(run, f.name) for f in fields(run)} | {
+        "schedule": None if run.schedule is None else asdict(run.schedule),
+        "memory": None if run.memory is None else run.memory.state()}
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
-                "run": asdict(run) | {"schedule": None if run.schedule is None else asdict(run.schedule)},
-                "ema": None if ema is None else ema.state_dict(), "guard": guard.state()}, tmp)
+                "run": saved_run, "ema": None if ema is None else ema.state_dict(), "guard": guard.state()}, tmp)
     os.replace(tmp, path)
 
 
@@ -107,8 +111,10 @@ def _load_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, 
     generator.set_state(s["generator"])
     if ema is not None and s["ema"] is not None:
         ema.load_state_dict(s["ema"])
-    run = RunState(**{k: v for k, v in s["run"].items() if k != "schedule"})
+    run = RunState(**{k: v for k, v in s["run"].items() if k not in ("schedule", "memory")})
     run.schedule = None if s["run"]["schedule"] is None else AutoSchedule(**s["run"]["schedule"])
+    memory = s["run"].get("memory")
+    run.memory = None if memory is None else PerturbationMemory.from_state(memory)
     return run, CollapseGuard.from_state(s["guard"])
 
 
@@ -135,6 +141,7 @@ def train_epochs(
     run, guard = RunState(), CollapseGuard(drop=recipe.collapse_drop)
     if recipe.schedule == "auto":
         run.schedule = AutoSchedule.begin(recipe.eps)
+    run.memory = PerturbationMemory(len(train))  # stays empty unless the method stores perturbations (ATTA)
     if state_path is not None and state_path.exists():
         run, guard = _load_state(state_path, model, optimizer, generator, ema)
     vx, vy = val.x[:recipe.val_size], val.y[:recipe.val_size]
@@ -156,7 +163,7 @@ def train_epochs(
             seed = int(torch.randint(0, 2**62, (1,), generator=generator))
             local = torch.tensor_split(idx, world)[rank]
             offset = sum(len(c) for c in torch.tensor_split(idx, world)[:rank])
-            ctx = StepContext(seed=seed, start=offset, total=len(idx), world=world)
+            ctx = StepContext(seed=seed, start=offset, total=len(idx), world=world, index=idx, memory=run.memory)
             threat = LpThreat(recipe.norm, eps)
             stats = step_fn(model, optimizer, train.x[local], train.y[local], threat, ctx, **kwargs)
             run.forward, run.backward = run.forward + stats.forward, run.backward + stats.backward
