@@ -12,7 +12,10 @@ from bastion.zoo import MODELS, load_model
 # name, method, data set, eps, clean floor, PGD-10 robust floor (well under the measured values in docs/BENCHMARKS.md)
 SHIPPED = [("mnist-cnn-fastat", "fast-at", "mnist", 0.3, 0.95, 0.5),
            ("fashion-cnn-fastat", "fast-at", "fashion-mnist", 0.1, 0.75, 0.5),
-           ("mnist-crown-pgdat", "pgd-at", "mnist", 0.3, 0.95, 0.8)]
+           ("mnist-crown-pgdat", "pgd-at", "mnist", 0.3, 0.95, 0.8),
+           ("mnist-crown-wide-trades", "trades", "mnist", 0.3, 0.95, 0.85),
+           ("mnist-crown-wide-fastat", "fast-at", "mnist", 0.3, 0.95, 0.75),
+           ("mnist-crown-wide-atta", "fast-at", "mnist", 0.3, 0.95, 0.85)]
 
 
 @pytest.mark.parametrize(("name", "method", "dataset", "eps", "clean_floor", "robust_floor"), SHIPPED)

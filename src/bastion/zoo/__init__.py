@@ -50,6 +50,9 @@ _shipped("mnist-crown-wide-trades", "mnist",
 _shipped("mnist-crown-wide-fastat", "mnist",
          "crown-cnn width 64, Fast-AT (FGSM-RS, step 1.0 eps, eps ramp) L-inf eps 0.3, 12 epochs, EMA "
          "(docs/recipes/mnist-crown-wide-fast-at.yaml).")
+_shipped("mnist-crown-wide-atta", "mnist",
+         "crown-cnn width 64, Fast-AT with ATTA's carried-over starts (FGSM step 0.5 eps, eps ramp) L-inf eps 0.3, "
+         "12 epochs, EMA (docs/recipes/mnist-crown-wide-atta.yaml).")
 
 
 def _ccexam() -> tuple[nn.Module, CheckpointMeta]:
