@@ -7,8 +7,8 @@ there instead of from a fresh random start: over the epochs the examples accumul
 multi-step attack at the cost of one step per visit. The authors' MNIST setting is eps 0.3, one step of
 0.01 per visit, 60 epochs, never reset (github.com/haizhongzheng/ATTA, ``mnist-atta-1-mat.json``).
 
-``PerturbationMemory`` holds the perturbations, one row per training point, in float16 (the bound on its
-rounding, 2^-11 of a row's largest entry, is far below any training step). The training loop owns it, saves
+``PerturbationMemory`` holds the perturbations, one row per training point, in float16 (each entry rounds by
+at most 2^-11 of its magnitude, under 1.5e-4 at eps 0.3: far below any training step). The training loop owns it, saves
 it with the resumable state and passes it to the step in ``StepContext.memory``; data-parallel ranks write
 their rows of every global batch and share them with one all-reduce, so all replicas keep the same memory.
 """
