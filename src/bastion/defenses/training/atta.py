@@ -83,5 +83,9 @@ def prior_start(threat: LpThreat, x: Tensor, ctx: StepContext) -> Tensor:
         raise ValueError("init='prior' needs the training loop's PerturbationMemory in StepContext.memory; "
                          "train through bastion.defenses.training.train_epochs or adversarial_train.")
     stored, seen = ctx.memory.read(ctx, x)
-    fresh = random_start(threat, x, ctx)
-    return torch.where(seen.view(-1, *([1] * (x.dim() - 1))), threat.project(x + stored, x), fresh)
+    if not bool(seen.any()):  # the first epoch: nothing stored yet
+        return random_start(threat, x, ctx)
+    carried = threat.project(x + stored, x)
+    if bool(seen.all()):  # every later epoch: no fresh draw needed
+        return carried
+    return torch.where(seen.view(-1, *([1] * (x.dim() - 1))), carried, random_start(threat, x, ctx))
