@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from bastion.cli import app
@@ -58,6 +59,31 @@ def test_attack_command_with_params(digits_checkpoint: Path, tmp_path: Path) -> 
     assert code == 0, out
 
 
+def test_targeted_attack_command_reaches_the_stored_targets(digits_checkpoint: Path, digits_model,
+                                                            tmp_path: Path) -> None:
+    from bastion.data import load_dataset
+    from bastion.evaluate.store import Store
+
+    db = tmp_path / "s.sqlite"
+    code, out = invoke("attack", "pgd", "--model", str(digits_checkpoint), "--n", "40", "--eps", "0.3",
+                       "--targeted", "--targets", "least-likely", "-p", "steps=20", "--store", str(db))
+    assert code == 0, out
+    assert "targeted success rate" in out and "least-likely" in out
+    store = Store(db)
+    run = store.list_runs()[0]
+    rows = store.samples(run.id, "pgd")
+    targets = store.get_artifact(run.id, "targets/0")
+    x = load_dataset("digits", seed=0).test.x[:40]
+    with torch.no_grad():
+        least = digits_model(x).scatter(1, torch.tensor([r["label"] for r in rows])[:, None], float("inf")).argmin(1)
+    assert targets == least.tolist()
+    reached = [r["success"] for r in rows]
+    assert 0 < sum(reached) < 40  # eps 0.3 reaches some least-likely targets, not all
+    assert all(r["adv_pred"] == t for r, t in zip(rows, targets, strict=True) if r["success"])
+    still = sum(r["clean_correct"] and r["adv_pred"] == r["label"] for r in rows)
+    assert run.summary["targeted"] and run.summary["robust_accuracy"] == still / 40
+
+
 def test_train_command(tmp_path: Path) -> None:
     code, out = invoke("train", "--arch", "mlp", "--dataset", "digits", "--epochs", "2", "--out",
                        str(tmp_path / "m"))
@@ -76,6 +102,7 @@ def test_train_command(tmp_path: Path) -> None:
         (("evaluate", "--suite", "quick"), "suite"),
         (("attack", "pgdd", "--eps", "0.1"), "Did you mean 'pgd'"),
         (("attack", "fgsm", "--norm", "l1", "--eps", "1", "--n", "5"), "supports norms"),
+        (("attack", "pgd", "--eps", "0.1", "--targeted", "--targets", "nearest"), "not a target choice"),
         (("evaluate", "--model", "mnist-cnn", "--dataset", "digits"), "takes inputs of shape"),
         (("runs", "show", "no-such-run"), "No run"),
     ],

@@ -121,3 +121,21 @@ def test_rejection_aware_accounting(digits_model: nn.Module, digits_points) -> N
     bright[:5] = (bright[:5] + 0.6).clamp(0, 1)
     rejected = run_attack(defended, bright, y, LpThreat("linf", 0.0), "fgsm")
     assert not rejected.clean_correct[:5].any()
+
+
+def test_choose_targets_never_picks_the_label_and_repeats_with_the_seed(digits_model: nn.Module,
+                                                                      digits_points) -> None:
+    from bastion.evaluate.runner import choose_targets
+
+    x, y = digits_points
+    draw = [choose_targets(digits_model, x, y, "random", 10, torch.Generator().manual_seed(3)) for _ in range(2)]
+    assert torch.equal(draw[0], draw[1]) and bool((draw[0] != y).all())
+    assert len(set(draw[0].tolist())) == 10  # every class is someone's target
+    least = choose_targets(digits_model, x, y, "least-likely", 10)
+    with torch.no_grad():
+        logits = digits_model(x)
+    assert bool((least != y).all())
+    assert torch.equal(logits.gather(1, least[:, None]).squeeze(1),
+                       logits.scatter(1, y[:, None], float("inf")).amin(1))
+    with pytest.raises(InvalidInputError, match="random"):
+        choose_targets(digits_model, x, y, "nearest", 10)  # type: ignore[arg-type]

@@ -16,13 +16,16 @@ class Killed(Exception):
     pass
 
 
-def _config(checkpoint: Path) -> EvalConfig:
-    return EvalConfig(model=str(checkpoint), n=96, batch_size=32, eps=0.1, suite=None, attack="pgd",
-                      params={"steps": 10}, seed=5)
+def _config(checkpoint: Path, **change: object) -> EvalConfig:
+    fields = {"model": str(checkpoint), "n": 96, "batch_size": 32, "eps": 0.1, "suite": None, "attack": "pgd",
+              "params": {"steps": 10}, "seed": 5}
+    return EvalConfig(**(fields | change))
 
 
-def test_killed_run_resumes_and_matches_uninterrupted(digits_checkpoint: Path, tmp_path: Path) -> None:
-    config = _config(digits_checkpoint)
+@pytest.mark.parametrize("targeted", [False, True], ids=["untargeted", "targeted-random"])
+def test_killed_run_resumes_and_matches_uninterrupted(digits_checkpoint: Path, tmp_path: Path,
+                                                      targeted: bool) -> None:
+    config = _config(digits_checkpoint, targeted=targeted, eps=0.3 if targeted else 0.1)
     reference = evaluate(config, Store(tmp_path / "ref.sqlite"))
 
     store = Store(tmp_path / "killed.sqlite")
@@ -47,6 +50,22 @@ def test_killed_run_resumes_and_matches_uninterrupted(digits_checkpoint: Path, t
     new_rows = store.samples(run_id)
     strip = [{k: v for k, v in r.items() if k != "run_id"} for r in ref_rows]
     assert strip == [{k: v for k, v in r.items() if k != "run_id"} for r in new_rows]
+    if targeted:  # the resumed batches drew the same random targets
+        for b in range(3):
+            assert store.get_artifact(run_id, f"targets/{b}") == Store(tmp_path / "ref.sqlite").get_artifact(
+                reference.run_id, f"targets/{b}")
+        assert 0 < resumed.summary["targeted_success_rate"] < 1
+
+
+def test_targeted_config_rules(digits_checkpoint: Path) -> None:
+    base = _config(digits_checkpoint)
+    # untargeted runs ignore the target choice, and their keys are what they were before it existed
+    assert base.key() == _config(digits_checkpoint, targets="least-likely").key()
+    assert _config(digits_checkpoint, targeted=True).key() != base.key()
+    assert _config(digits_checkpoint, targeted=True).key() != _config(digits_checkpoint, targeted=True,
+                                                                      targets="least-likely").key()
+    with pytest.raises(ValueError, match="targeted run takes one attack"):
+        EvalConfig(model=str(digits_checkpoint), suite="fast", targeted=True)
 
 
 def test_finished_run_is_not_resumed_and_fresh_starts_new(digits_checkpoint: Path, store: Store) -> None:

@@ -27,8 +27,12 @@ def select_rows(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
 def l2_ascent(x: Tensor, grad: Tensor, length: Tensor) -> Tensor:
     """``x + length * grad / ||grad||`` per sample in two passes over the batch (norm, fused add): the L2 step
     of PGD and APGD, the same point as ``x + lp_step(grad, length, "l2")`` up to float rounding."""
-    scale = length / torch.linalg.vector_norm(grad.flatten(1), dim=1).clamp_min_(1e-12)
-    return torch.addcmul(x, grad, _view(scale, grad))
+    return torch.addcmul(x, grad, _l2_scale(grad, length))
+
+
+def _l2_scale(grad: Tensor, length: Tensor) -> Tensor:
+    """``length / ||grad||`` per sample, shaped to broadcast over ``grad`` (a zero gradient gets a finite scale)."""
+    return _view(length / torch.linalg.vector_norm(grad.flatten(1), dim=1).clamp_min_(1e-12), grad)
 
 
 def lp_step(
@@ -51,8 +55,7 @@ def lp_step(
     if norm == "linf":
         return grad.sign() * _view(step_size, grad)
     if norm == "l2":
-        n = grad.flatten(1).norm(dim=1).clamp_min(1e-12)
-        return grad * _view(step_size / n, grad)
+        return grad * _l2_scale(grad, step_size)
     flat = grad.flatten(1)
     if x is not None:
         xf = x.flatten(1)

@@ -78,7 +78,9 @@ def attack_cmd(
     norm: str = typer.Option("linf"),
     eps: float = typer.Option(..., help="radius of the threat model"),
     param: list[str] = typer.Option([], "--param", "-p", help="attack hyperparameter KEY=VALUE (JSON value)"),
-    targeted: bool = typer.Option(False, help="not yet supported on the CLI"),
+    targeted: bool = typer.Option(False, help="push each point to a target class instead of any wrong class"),
+    targets: str = typer.Option("random", help="target class per point when --targeted: random (any other class) "
+                                               "or least-likely (the class the model scores lowest)"),
     batch_size: int = typer.Option(500),
     seed: int = 0,
     store: Path | None = typer.Option(None),
@@ -90,9 +92,8 @@ def attack_cmd(
     from bastion.evaluate.config import EvalConfig
 
     get_attack(name)
-    if targeted:
-        raise InvalidInputError("Targeted attacks are available from Python (run_attack(targets=...)); "
-                                "drop --targeted on the CLI.")
+    if targets not in ("random", "least-likely"):
+        raise InvalidInputError(f"--targets {targets!r} is not a target choice; use random or least-likely.")
     params: dict[str, Any] = {}
     for item in param:
         key, sep, value = item.partition("=")
@@ -103,7 +104,8 @@ def attack_cmd(
         except json.JSONDecodeError:
             params[key] = value
     config = EvalConfig(model=target or model, dataset=dataset, split=split, n=n, norm=norm, eps=eps, suite=None,
-                        attack=name, params=params, batch_size=batch_size, seed=seed, max_queries=max_queries)
+                        attack=name, params=params, batch_size=batch_size, seed=seed, max_queries=max_queries,
+                        targeted=targeted, targets=targets)
     _run_evaluation(config, store, fresh)
 
 

@@ -30,7 +30,10 @@ class EvalConfig(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     eot_samples: int = Field(20, gt=0, description="draws per gradient when the model is randomized")
     max_queries: int | None = Field(None, gt=0, description="hard per-point query budget (black-box attacks)")
-    targeted: bool = False
+    targeted: bool = Field(False, description="single attacks only: push each point to a target class (see "
+                                              "targets) instead of to any wrong class")
+    targets: Literal["random", "least-likely"] = Field("random", description="how targeted runs pick each point's "
+                                                                          "target class")
     batch_size: int = Field(500, gt=0)
     seed: int = 0
     adaptive: bool = Field(True, description="False: attack the model as it is (no EOT/BPDA/log-probabilities), "
@@ -49,6 +52,9 @@ class EvalConfig(BaseModel):
     def _one_mode(self) -> EvalConfig:
         if (self.suite is None) == (self.attack is None):
             raise ValueError("give either a suite (fast, standard, thorough) or a single attack, not both")
+        if self.targeted and self.suite is not None:
+            raise ValueError("the suites measure untargeted robustness; a targeted run takes one attack "
+                             "(bastion attack NAME --targeted)")
         return self
 
     @property
@@ -62,5 +68,7 @@ class EvalConfig(BaseModel):
         for name in ("adaptive", "outcome_checks"):  # runs stored before these fields existed keep their key
             if fields[name]:
                 fields.pop(name)
+        if not self.targeted:  # the same for the target choice, which only targeted runs use
+            fields.pop("targets")
         blob = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -25,7 +25,7 @@ from bastion.errors import InvalidInputError
 from bastion.evaluate.adaptive import build_adaptation, detector_adaptation, probe
 from bastion.evaluate.config import EvalConfig
 from bastion.evaluate.outcome import outcome_checks
-from bastion.evaluate.runner import AttackResult, run_attack
+from bastion.evaluate.runner import AttackResult, choose_targets, run_attack
 from bastion.evaluate.store import Store
 from bastion.evaluate.suite import SuiteOutcome, run_suite
 from bastion.evaluate.summary import summarize
@@ -192,7 +192,11 @@ def _batch(store: Store, run_id: str, setup: Setup, plan: dict[str, Any], b: int
     generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + b)
     t0 = time.perf_counter()
     if cfg.attack is not None:
-        result = run_attack(setup.model, x, y, setup.threat, cfg.attack, generator=generator,
+        targets = None
+        if cfg.targeted:  # drawn from the batch's own generator, so a resumed run picks the same targets
+            targets = choose_targets(setup.model, x, y, cfg.targets, setup.num_classes, generator)
+            store.put_artifact(run_id, f"targets/{b}", targets.tolist())
+        result = run_attack(setup.model, x, y, setup.threat, cfg.attack, targets=targets, generator=generator,
                             max_queries=cfg.max_queries, **cfg.params)
         store.record_batch(run_id, cfg.attack, b, start, stop, time.perf_counter() - t0,
                            _rows(result, y, list(range(start, stop))), result.outside_threat)

@@ -33,6 +33,10 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}%"
 
 
+SUCCESS = {False: "attack success rate (on correctly classified points)",
+           True: "targeted success rate (reached the target, of correctly classified points)"}
+
+
 def _num(x: float | None, digits: int = 4) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
@@ -41,6 +45,8 @@ def _headline(run: Run) -> str:
     c, s = run.config, run.summary or {}
     what = f"the **{c.get('suite')}** attack suite" if c.get("suite") else \
         f"attack **{c.get('attack')}** {json.dumps(c.get('params', {}))}"
+    if c.get("targeted"):
+        what += f", **targeted** ({c.get('targets', 'random')} target classes)"
     return (f"Model **{c.get('model')}** on **{c.get('dataset')}** ({c.get('split')} split, "
             f"first {s.get('n')} points); threat model {NORM_NAMES.get(c.get('norm', ''), c.get('norm'))} "
             f"ε = {c.get('eps')}; {what}; seed {c.get('seed')}.")
@@ -63,7 +69,7 @@ def report_markdown(run: Run) -> str:
              "| metric | value |", "|---|---|",
              f"| clean accuracy | {_pct(s.get('clean_accuracy'))} |",
              f"| **robust accuracy** | **{_pct(s.get('robust_accuracy'))}** |",
-             f"| attack success rate (on correctly classified points) | {_pct(s.get('attack_success_rate'))} |",
+             f"| {SUCCESS[bool(s.get('targeted'))]} | {_pct(s.get('attack_success_rate'))} |",
              f"| median norm of successful perturbations | {_num(s.get('median_norm_of_successes'))} |",
              f"| forward / backward passes | {s.get('forward_passes')} / {s.get('backward_passes')} |",
              f"| passes per point | {s.get('passes_per_point', 0):.1f} |",

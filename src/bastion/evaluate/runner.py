@@ -11,13 +11,14 @@ import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from bastion.attacks import get_attack
 from bastion.attacks.base import AttackSpec
+from bastion.errors import InvalidInputError
 from bastion.oracle import CountingModel, Counts
 from bastion.threat import LpThreat
 from bastion.validate import check_inputs, check_labels, ensure_eval, probe_model
@@ -76,6 +77,29 @@ def reject_class(model: nn.Module) -> int | None:
     return int(value) if value is not None else None
 
 
+TargetChoice = Literal["random", "least-likely"]
+
+
+def choose_targets(model: nn.Module, inputs: Tensor, labels: Tensor, how: TargetChoice, num_classes: int,
+                   generator: torch.Generator | None = None) -> Tensor:
+    """One target class per point for a targeted attack, never the true label.
+
+    ``random``: uniform over the other classes (Carlini & Wagner 2017's "average case"), drawn from ``generator``.
+    ``least-likely``: the class the model scores lowest on the clean input (Kurakin, Goodfellow & Bengio 2017,
+    "Adversarial examples in the physical world", the iterative least-likely class method), the hardest target.
+    """
+    if num_classes < 2:
+        raise InvalidInputError("A targeted attack needs at least 2 classes.")
+    if how == "random":
+        shift = torch.randint(1, num_classes, labels.shape, generator=generator)
+        return (labels.cpu() + shift).remainder(num_classes).to(labels.device)
+    if how == "least-likely":
+        with torch.no_grad():
+            scores = model(inputs).detach()
+        return scores.scatter(1, labels[:, None], float("inf")).argmin(1)
+    raise InvalidInputError(f"Unknown target choice {how!r}; use 'random' or 'least-likely'.")
+
+
 def run_attack(
     model: nn.Module,
     inputs: Tensor,
@@ -97,8 +121,6 @@ def run_attack(
     """
     spec = get_attack(attack) if isinstance(attack, str) else attack
     if threat.norm not in spec.norms:
-        from bastion.errors import InvalidInputError
-
         raise InvalidInputError(
             f"Attack {spec.name!r} supports norms {', '.join(spec.norms)}, not {threat.norm}; "
             "pick another --norm or another attack (`bastion attacks list`)."

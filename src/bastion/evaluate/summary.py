@@ -55,6 +55,10 @@ def summarize(store: Store, run_id: str, config: EvalConfig, num_classes: int) -
         rows = store.samples(run_id, config.attack)
         s = _attack_summary(store, run_id, config.attack, len(rows))
         n = len(rows)
+        if config.targeted:  # success means reaching the target; accuracy is what still gets its true class
+            still = sum(r["clean_correct"] and r["adv_pred"] == r["label"] for r in rows)
+            s |= {"targeted": True, "targets": config.targets, "robust_accuracy": still / n if n else 0.0,
+                  "targeted_success_rate": s["attack_success_rate"]}
         return {"schema": SCHEMA, "mode": "attack", "n": n, **s,
                 "passes_per_point": (s["forward_passes"] + s["backward_passes"]) / max(n, 1),
                 "attack_seconds": s["seconds"]}
