@@ -35,6 +35,6 @@ def fgsm(
 ) -> Tensor:
     """One step of size ``threat.eps`` along the steepest direction of ``loss`` (1 forward + 1 backward)."""
     start = threat.random_start(inputs, generator) if random_init else inputs
-    _, grad = input_gradient(model, start, labels, LOSSES[loss], targeted)
+    _, grad, _ = input_gradient(model, start, labels, LOSSES[loss], targeted)
     step = lp_step(grad, threat.eps_for(inputs), threat.norm)
     return threat.project(start + step, inputs).detach()

@@ -47,10 +47,12 @@ def is_adversarial(logits: Tensor, labels: Tensor, targeted: bool = False) -> Te
     return pred == labels if targeted else pred != labels
 
 
-def input_gradient(model: torch.nn.Module, x: Tensor, labels: Tensor, loss_fn, targeted: bool) -> tuple[Tensor, Tensor]:
-    """One forward and one backward pass: returns (logits, d loss / d x) without touching model grads."""
+def input_gradient(model: torch.nn.Module, x: Tensor, labels: Tensor, loss_fn,
+                   targeted: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """One forward and one backward pass: returns (logits, d loss / d x, per-sample loss) without touching model
+    grads."""
     x = x.detach().requires_grad_(True)
     logits = model(x)
     loss = loss_fn(logits, labels, targeted)
     (grad,) = torch.autograd.grad(loss.sum(), x)
-    return logits.detach(), grad.detach()
+    return logits.detach(), grad.detach(), loss.detach()

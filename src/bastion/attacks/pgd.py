@@ -92,11 +92,11 @@ def _run(
     for t in range(steps + 1):
         with attribute(model, index[pos]):
             if t < steps:
-                logits, grad = input_gradient(model, xa, ya, loss_fn, targeted)
+                logits, grad, values = input_gradient(model, xa, ya, loss_fn, targeted)
             else:
                 with torch.no_grad():
                     logits = model(xa)
-        values = loss_fn(logits, ya, targeted)
+                values = loss_fn(logits, ya, targeted)
         hit = is_adversarial(logits, ya, targeted)
         better = (values > best_loss) | hit
         best_x = select_rows(better, xa, best_x)
