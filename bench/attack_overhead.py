@@ -7,7 +7,10 @@ Each rep runs the attack through the runner, records every forward call (batch s
 ``common.BatchLog``, and then replays exactly those calls as bare forward+backward passes of the same model in a
 tight loop. The ratio of the two times is the attack's overhead over the compute it needed: 1.0 means no cost
 beyond the passes. The replay follows each rep, so both halves see the same machine state; the first rep (new
-batch shapes, allocations) is dropped. Reported: median and quartiles of the ratio over the other reps.
+batch shapes, allocations) is dropped. Reported: the median of the per-rep ratios, a 95% bootstrap interval for
+that median (``common.median_ci``), and the quartiles. On a shared VM whose speed drifts by tens of percent over
+seconds, pairing each attack run with the replay right after it cancels most of the drift; more reps narrow the
+interval.
 """
 
 from __future__ import annotations
@@ -61,7 +64,9 @@ def overhead(model: torch.nn.Module, model_name: str, x: torch.Tensor, y: torch.
         if rep:
             ratios.append(seconds / bare)
     q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
-    return {"median": statistics.median(ratios), "q1": q[0], "q3": q[2], "reps": len(ratios)}
+    lo, hi = common.median_ci(ratios)
+    return {"median": statistics.median(ratios), "ci_low": lo, "ci_high": hi, "q1": q[0], "q3": q[2],
+            "reps": len(ratios)}
 
 
 if __name__ == "__main__":
@@ -78,4 +83,5 @@ if __name__ == "__main__":
         for norm in args.norms.split(","):
             r = overhead(model, args.model, x, y, attack, norm, args.reps)
             print(f"{args.model} {attack} {norm}: attack time / its passes replayed = {r['median']:.3f} "
-                  f"(quartiles {r['q1']:.3f}-{r['q3']:.3f}, {r['reps']} reps)", flush=True)
+                  f"(95% interval {r['ci_low']:.3f}-{r['ci_high']:.3f}; quartiles {r['q1']:.3f}-{r['q3']:.3f}, "
+                  f"{r['reps']} reps)", flush=True)

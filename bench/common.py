@@ -317,10 +317,12 @@ def batch_aware_limit(model: nn.Module, x: Tensor, calls: list[list[int]], reps:
 
 def interleave(runners: dict[str, Callable[[], dict[str, Any]]], reps: int,
                log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
-    """Run each runner ``reps`` times, alternating between them; keep the last result and all wall times."""
+    """Run each runner ``reps`` times, alternating between them (in reverse order on every other rep, so that no
+    library always runs right after the same neighbour); keep the last result and all wall times."""
     out: dict[str, dict[str, Any]] = {}
     for r in range(reps):
-        for name, fn in runners.items():
+        order = list(runners.items())
+        for name, fn in order if r % 2 == 0 else order[::-1]:
             if name in out and out[name].get("error"):
                 continue
             t = time.perf_counter()
@@ -339,6 +341,18 @@ def interleave(runners: dict[str, Callable[[], dict[str, Any]]], reps: int,
     for res in out.values():
         res["seconds_median"] = statistics.median(res["times"])
     return out
+
+
+def median_ci(values: list[float], level: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """A percentile-bootstrap interval for the median of ``values`` (resampled with replacement, fixed seed)."""
+    if len(values) < 2:
+        return (values[0], values[0]) if values else (math.nan, math.nan)
+    gen = torch.Generator().manual_seed(seed)
+    v = torch.tensor(values, dtype=torch.float64)
+    picks = torch.randint(len(values), (resamples, len(values)), generator=gen)
+    medians = v[picks].quantile(0.5, dim=1).sort().values
+    tail = (1 - level) / 2
+    return float(medians[int(tail * (resamples - 1))]), float(medians[int((1 - tail) * (resamples - 1))])
 
 
 def fmt(v: Any, nd: int = 3) -> str:

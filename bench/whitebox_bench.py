@@ -10,7 +10,9 @@ the threat, re-classified). Libraries alternate within one process, single-threa
 ``--reps`` repetitions (``--reps-heavy`` for APGD-T, C&W, DeepFool and FMN; ``--reps-quick`` for FGSM, a call of
 a few milliseconds whose median over 3 is at the mercy of one scheduler hiccup). bastion's speed ratio is its attack
 time over
-(passes it used x the measured time of one forward+backward pass of the attacked batch).
+(passes it used x the measured time of one forward+backward pass of the attacked batch). Against each peer the row
+also keeps the paired ratio: bastion's time over the peer's in the same rep, median over the reps with a 95%
+bootstrap interval (``paired_vs_peer``).
 """
 
 from __future__ import annotations
@@ -254,12 +256,21 @@ def bench_one(model: nn.Module, model_name: str, attack: str, norm: str, eps: fl
     peer_times = {k: v["attack_seconds_median"] for k, v in res.items()
                   if k != "bastion" and "error" not in v and "attack_seconds_median" in v}
     fastest = min(peer_times, key=peer_times.get) if peer_times else None
+    # Paired: bastion's time in each rep over the peer's in the same rep (adjacent runs, so the machine's drift
+    # over minutes cancels), the median over reps with a 95% bootstrap interval.
+    paired = {}
+    for lib in peer_times:
+        ratios = [bt / pt for bt, pt in zip(extra["attack_seconds"], attack_times[lib], strict=True)]
+        lo, hi = common.median_ci(ratios)
+        paired[lib] = {"median": round(statistics.median(ratios), 3), "ci_low": round(lo, 3), "ci_high": round(hi, 3),
+                       "reps": len(ratios)}
     end_to_end = {k: v["seconds_median"] for k, v in res.items() if k != "bastion" and "error" not in v}
     fastest_e2e = min(end_to_end, key=end_to_end.get) if end_to_end else None
     return {"model": model_name, "attack": attack, "norm": norm, "eps": eps, "settings": SETTINGS[attack],
             "points": n_total, "attacked": n, "unit_fb_seconds": t_fb, "unit_f_seconds": t_f, "results": res,
             "fastest_peer": fastest,
             "time_vs_fastest_peer": round(b["attack_seconds_median"] / peer_times[fastest], 3) if fastest else None,
+            "paired_vs_peer": paired,
             "end_to_end_vs_fastest_peer": (round(b["seconds_median"] / end_to_end[fastest_e2e], 3)
                                            if fastest_e2e else None)}
 

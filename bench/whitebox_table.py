@@ -4,7 +4,9 @@
 
 Columns: bastion's strength and the strongest peer's (robust accuracy for budget attacks, lower is stronger;
 success rate / median norm / robust accuracy at eps for minimum-norm attacks), bastion's passes per attacked
-point, its attack seconds (median over the reps), its time over the fastest peer's (same process, same rows),
+point, its attack seconds (median over the reps), its time over the fastest peer's (same process, same rows; from
+the eighth session on the median of the per-rep paired ratios with a 95% bootstrap interval, against the peer with
+the highest such median),
 and its compute-limit ratios (attack time over its passes at the full batch's unit time, and over the same passes
 timed at the batch sizes it actually used). Ends with counts against the issue-3 targets.
 """
@@ -51,13 +53,24 @@ def table(docs: list[dict[str, Any]]) -> str:
     lines = ["| model | attack | norm, eps | bastion | strongest peer | passes/pt (f/b) | bastion s | "
              "time / fastest peer | compute-limit ratio (per point / batch-aware) |",
              "|---|---|---|---|---|---|---|---|---|"]
-    summary = {"rows": 0, "as_strong": 0, "le_105": 0, "le_100": 0, "limit_ok": 0, "limit_rows": 0}
+    summary = {"rows": 0, "as_strong": 0, "le_105": 0, "le_100": 0, "limit_ok": 0, "limit_rows": 0,
+               "paired_rows": 0, "not_slower": 0, "faster": 0}
     for doc in docs:
         for r in rows(doc):
             row, b = r["row"], r["bastion"]
             peer = f"{_show(r['peer'])} ({r['best']})" if r["peer"] else "-"
             ratio = row["time_vs_fastest_peer"]
             fastest = f"{ratio:.2f} ({row['fastest_peer']})" if ratio is not None else "-"
+            paired = row.get("paired_vs_peer") or {}
+            if paired:  # benches from the eighth session on: the paired ratio to the peer bastion is closest to
+                lib = max(paired, key=lambda k: paired[k]["median"])
+                pair = paired[lib]
+                fastest = (f"{pair['median']:.2f} [{pair['ci_low']:.2f}-{pair['ci_high']:.2f}] "
+                           f"({lib}, {pair['reps']} reps)")
+                ratio = pair["median"]
+                summary["paired_rows"] += 1
+                summary["not_slower"] += pair["ci_low"] <= 1.0
+                summary["faster"] += pair["ci_high"] < 1.0
             lines.append(
                 f"| {row['model']} | {row['attack']} | {row['norm']}, {row['eps']} | {_show(b)} | {peer} | "
                 f"{b['fwd_per_point']}/{b['bwd_per_point']} | {b['attack_seconds_median']} | {fastest} | "
@@ -73,6 +86,10 @@ def table(docs: list[dict[str, Any]]) -> str:
     lines += ["", f"At least as strong as the strongest peer: {s['as_strong']} of {s['rows']} rows. Time at most the "
               f"fastest peer's: {s['le_100']} of {s['rows']}; at most 1.05x: {s['le_105']}. PGD/APGD rows with a "
               f"batch-aware compute-limit ratio at most 1.10: {s['limit_ok']} of {s['limit_rows']}."]
+    if s["paired_rows"]:
+        lines.append(f"Paired ratio to the closest peer: interval reaching 1.0 or below (not measurably slower) in "
+                     f"{s['not_slower']} of {s['paired_rows']} rows; interval wholly below 1.0 (measurably faster) "
+                     f"in {s['faster']}.")
     return "\n".join(lines)
 
 
