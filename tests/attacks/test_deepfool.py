@@ -22,6 +22,19 @@ def test_linear_model_lands_at_the_closed_form_times_overshoot(helpers, classes:
 
 
 @pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_no_backward_passes_once_every_point_is_adversarial(helpers, norm: str) -> None:
+    from bastion.evaluate.runner import run_attack
+
+    model, x = helpers.linear_model(5), helpers.linear_points()
+    y = model(x).argmax(1)
+    result = run_attack(model, x, y, LpThreat(norm, 1.0, **helpers.BOX), "deepfool")
+    assert bool(result.success.all())
+    # a linear model breaks in one exact step: the gradients at the start (4 other classes), then a forward pass
+    # that finds every point adversarial and spends no gradients
+    assert result.counts.forward.tolist() == [2] * len(y) and result.counts.backward.tolist() == [4] * len(y)
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
 def test_breaks_nearly_every_digit(digits_mlp, helpers, norm: str) -> None:
     model, x, y = digits_mlp
     x0 = x.clone()

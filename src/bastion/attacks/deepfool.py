@@ -23,17 +23,22 @@ from bastion.threat import LpThreat, lp_norms
 TINY = 1e-4  # the authors' code adds this to the distance to the boundary, to cross it
 
 
-def _boundaries(model: nn.Module, x_adv: Tensor, labels: Tensor, others: Tensor | None, index: Tensor, *,
-                targeted: bool, candidates: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Logits, f_k = z_k - z_own, w_k = grad f_k for each considered class k, and those classes.
+def _forward(model: nn.Module, x_adv: Tensor, index: Tensor, with_grad: bool) -> tuple[Tensor, Tensor]:
+    """The logits at ``x_adv`` (with the graph kept when ``with_grad``) and the input they were computed from."""
+    x_adv = x_adv.detach().requires_grad_(with_grad)
+    with torch.set_grad_enabled(with_grad), attribute(model, index):
+        return model(x_adv), x_adv
+
+
+def _boundaries(logits: Tensor, x_adv: Tensor, labels: Tensor, others: Tensor | None, *, targeted: bool,
+                candidates: int) -> tuple[Tensor, Tensor, Tensor]:
+    """f_k = z_k - z_own and w_k = grad f_k for each considered class k, and those classes, from ``logits``
+    (computed with the graph from ``x_adv``).
 
     Untargeted: own = the label, k in ``others`` (on the first call, when ``others`` is None, the
     ``candidates - 1`` most likely non-label classes at ``x_adv``). Targeted: k = the target, own = the
     current best non-target class.
     """
-    x_adv = x_adv.detach().requires_grad_(True)
-    with attribute(model, index):
-        logits = model(x_adv)
     if targeted:
         own = logits.detach().scatter(1, labels[:, None], float("-inf")).argmax(1)
         others = labels[:, None]
@@ -46,7 +51,7 @@ def _boundaries(model: nn.Module, x_adv: Tensor, labels: Tensor, others: Tensor 
         torch.autograd.grad(diffs[:, k].sum(), x_adv, retain_graph=k < diffs.shape[1] - 1)[0]
         for k in range(diffs.shape[1])
     ]
-    return logits.detach(), diffs.detach(), torch.stack(grads, 1), others
+    return diffs.detach(), torch.stack(grads, 1), others
 
 
 def _step(diffs: Tensor, grads: Tensor, norm: str) -> Tensor:
@@ -102,16 +107,12 @@ def deepfool(
     best = x.clone()
     scale = 1 + overshoot
     for it in range(max_iter + 1):
-        if it < max_iter:
-            logits, diffs, grads, cls = _boundaries(model, xa, ya, cls, active, targeted=targeted,
-                                                    candidates=candidates)
-        else:
-            with torch.no_grad(), attribute(model, active):
-                logits = model(xa)
-        hit = is_adversarial(logits, ya, targeted)
-        if it == max_iter or bool(hit.all()):
+        logits, x_grad = _forward(model, xa, active, with_grad=it < max_iter)
+        hit = is_adversarial(logits.detach(), ya, targeted)
+        if it == max_iter or bool(hit.all()):  # checked before the backward passes: none are spent on a done batch
             best[active[hit]] = xa[hit]
             break
+        diffs, grads, cls = _boundaries(logits, x_grad, ya, cls, targeted=targeted, candidates=candidates)
         if bool(hit.any()):
             best[active[hit]] = xa[hit]
             keep = ~hit
