@@ -36,3 +36,19 @@ def test_budget_is_enforced_per_sample() -> None:
     with attribute(model, torch.tensor([1])):
         model(x[1:])  # sample 1 still has budget
     assert model.counts().forward.tolist() == [2, 2]
+
+
+def test_counter_is_found_through_wrappers_and_deep_inside() -> None:
+    from bastion.attacks.adaptive import eot
+    from bastion.oracle import find_counter
+
+    counter = CountingModel(nn.Linear(3, 2), n=4)
+    assert find_counter(counter) is counter
+    assert find_counter(eot(counter, samples=2)) is counter  # the .model chain
+    nested = nn.Sequential(nn.Identity(), nn.Sequential(counter))  # no .model chain: the module walk
+    assert find_counter(nested) is counter
+    assert find_counter(nn.Linear(3, 2)) is None
+    wrapped = eot(nested, samples=2)
+    with attribute(wrapped, torch.tensor([0, 2])):
+        wrapped(torch.randn(2, 3))
+    assert counter.counts().forward.tolist() == [2, 0, 2, 0]  # two draws each, attributed to samples 0 and 2
