@@ -65,6 +65,31 @@ def test_attack_contract(name: str, norm: str) -> None:
     assert torch.equal(adv, again), "same seed gave a different result"
 
 
+# The targeted check needs a few more steps from SPSA than the contract's 10 to be clear of chance.
+TARGETED_PARAMS = {**CONTRACT_PARAMS, "spsa": {"steps": 40}}
+
+
+@pytest.mark.parametrize(("name", "norm"), CASES)
+def test_targeted_mode_goes_for_the_target(name: str, norm: str) -> None:
+    """With ``targeted=True`` every attack steers towards the given class: through the runner it reaches more of
+    the targets than its untargeted run happens to land on, and a success always means the target class (minimum-norm
+    attacks also count a success only within eps)."""
+    from bastion.evaluate.runner import choose_targets, run_attack
+
+    model, (x, _) = _model(), _points()
+    with torch.no_grad():
+        y = model(x).argmax(1)  # every point is correctly classified, so every point is attacked
+    targets = choose_targets(model, x, y, "random", 10, torch.Generator().manual_seed(0))
+    threat = LpThreat(norm, 4 * EPS[norm])
+    params = TARGETED_PARAMS.get(name, {})
+    hit = run_attack(model, x, y, threat, name, targets=targets, generator=torch.Generator().manual_seed(0), **params)
+    free = run_attack(model, x, y, threat, name, generator=torch.Generator().manual_seed(0), **params)
+    assert hit.targeted and bool((hit.adv_pred[hit.success] == targets[hit.success]).all())
+    assert int(hit.success.sum()) > int((free.adv_pred == targets).sum()), (
+        f"{name} {norm}: targeted mode reached {int(hit.success.sum())} targets, the untargeted run landed on "
+        f"{int((free.adv_pred == targets).sum())}")
+
+
 def test_registry_metadata_is_complete() -> None:
     assert {"fgsm", "pgd"} <= set(ATTACKS)
     for name in ATTACKS:
