@@ -119,9 +119,10 @@ def _l1_step(grad: Tensor, x_adv: Tensor, step: Tensor, topk: Tensor, lower: flo
 
 
 # ------------------------------------------------------------------------------------------------ state
-@dataclass(frozen=True)
+@dataclass
 class _State:
-    """Everything per point of the working batch; ``take`` keeps the rows still being attacked."""
+    """Everything per point of the working batch; ``take`` keeps the rows still being attacked, ``advance`` records
+    one iteration in place (once per iteration, so no new state object each time)."""
 
     pos: Tensor  # position in the run's batch
     rows: Tensor  # the caller's sample index of each row (for the pass counter), on the CPU
@@ -147,6 +148,14 @@ class _State:
 
     def take(self, keep: Tensor) -> _State:
         return replace(self, **{f.name: v[keep] for f in fields(self) if (v := getattr(self, f.name)) is not None})
+
+    def advance(self, x_new: Tensor, values: Tensor, grad: Tensor) -> None:
+        """The new iterate with its loss and gradient; counts a rise of the loss and keeps the best so far."""
+        better = values > self.f_best
+        self.rises = self.rises + (values > self.f_cur)  # the bool adds as 0 / 1
+        self.x_best, self.g_best = select_rows(better, x_new, self.x_best), select_rows(better, grad, self.g_best)
+        self.f_best = torch.where(better, values, self.f_best)
+        self.x_prev, self.x_cur, self.f_cur, self.grad = self.x_cur, x_new, values, grad
 
 
 def _evaluate(model: nn.Module, x_adv: Tensor, s: _State, loss_fn: LossFn) -> tuple[Tensor, Tensor, Tensor]:
@@ -248,12 +257,7 @@ def _run(model: nn.Module, x: Tensor, y: Tensor, targets: Tensor, threat: LpThre
         if k == 0:  # the start is the first best point
             s = replace(s, f_cur=values, grad=grad, g_best=grad, f_best=values, f_best_last=values.clone())
         else:
-            better = values > s.f_best
-            s = replace(
-                s, x_prev=s.x_cur, x_cur=x_cur, rises=s.rises + (values > s.f_cur).to(s.rises.dtype), f_cur=values,
-                grad=grad, x_best=select_rows(better, x_cur, s.x_best), g_best=select_rows(better, grad, s.g_best),
-                f_best=torch.where(better, values, s.f_best),
-            )
+            s.advance(x_cur, values, grad)
         hit = is_adversarial(logits, s.y, cfg.targeted)
         any_hit = bool(hit.any())
         if any_hit:  # broken points leave with the adversarial iterate
