@@ -89,18 +89,9 @@ class CountingModel(nn.Module):
 
 
 def find_counter(model: nn.Module) -> CountingModel | None:
-    """The ``CountingModel`` that ``model`` is or wraps (e.g. inside an EOT wrapper), if any.
-
-    Attacks call this once per iteration (through ``attribute``), so it first follows the ``.model`` chain that
-    wrappers keep (EOT, the counter itself) and walks the whole module tree only when that chain has no counter.
-    """
-    inner: object = model
-    for _ in range(8):
-        if isinstance(inner, CountingModel):
-            return inner
-        inner = getattr(inner, "model", None)
-        if not isinstance(inner, nn.Module):
-            break
+    """The ``CountingModel`` that ``model`` is or wraps (e.g. inside an EOT wrapper), if any."""
+    if isinstance(model, CountingModel):  # the runner's case, once per attack iteration: skip the module walk
+        return model
     return next((m for m in model.modules() if isinstance(m, CountingModel)), None)
 
 

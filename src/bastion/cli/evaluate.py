@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import typer
 
@@ -89,11 +89,12 @@ def attack_cmd(
     """Run one registered attack against a model and record the result."""
     from bastion.attacks import get_attack
     from bastion.errors import InvalidInputError
-    from bastion.evaluate.config import EvalConfig
+    from bastion.evaluate.config import EvalConfig, TargetChoice
 
     get_attack(name)
-    if targets not in ("random", "least-likely"):
-        raise InvalidInputError(f"--targets {targets!r} is not a target choice; use random or least-likely.")
+    if targets not in get_args(TargetChoice):
+        raise InvalidInputError(f"--targets {targets!r} is not a target choice; use "
+                                f"{' or '.join(get_args(TargetChoice))}.")
     params: dict[str, Any] = {}
     for item in param:
         key, sep, value = item.partition("=")

@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+TargetChoice = Literal["random", "least-likely"]  # how a targeted run picks each point's target class
+
 
 class EvalConfig(BaseModel):
     """One evaluation: a model, data points, a threat model, and either the standard suite or one attack.
@@ -32,7 +34,7 @@ class EvalConfig(BaseModel):
     max_queries: int | None = Field(None, gt=0, description="hard per-point query budget (black-box attacks)")
     targeted: bool = Field(False, description="single attacks only: push each point to a target class (see "
                                               "targets) instead of to any wrong class")
-    targets: Literal["random", "least-likely"] = Field("random", description="how targeted runs pick each point's "
+    targets: TargetChoice = Field("random", description="how targeted runs pick each point's "
                                                                           "target class")
     batch_size: int = Field(500, gt=0)
     seed: int = 0

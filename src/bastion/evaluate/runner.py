@@ -11,7 +11,7 @@ import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from bastion.attacks import get_attack
 from bastion.attacks.base import AttackSpec
 from bastion.errors import InvalidInputError
+from bastion.evaluate.config import TargetChoice
 from bastion.oracle import CountingModel, Counts
 from bastion.threat import LpThreat
 from bastion.validate import check_inputs, check_labels, ensure_eval, probe_model
@@ -75,9 +76,6 @@ def reject_class(model: nn.Module) -> int | None:
     """
     value = getattr(model, "reject_class", None)
     return int(value) if value is not None else None
-
-
-TargetChoice = Literal["random", "least-likely"]
 
 
 def choose_targets(model: nn.Module, inputs: Tensor, labels: Tensor, how: TargetChoice, num_classes: int,
