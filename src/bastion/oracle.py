@@ -44,12 +44,53 @@ class CountingModel(nn.Module):
         self.model = model
         self.n = n
         self.max_queries = max_queries
-        self.forward_counts = torch.zeros(n, dtype=torch.long)
-        self.backward_counts = torch.zeros(n, dtype=torch.long)
+        self._forward_counts = torch.zeros(n, dtype=torch.long)
+        self._backward_counts = torch.zeros(n, dtype=torch.long)
+        # Passes not yet added to the counts: [rows, version, copy, passes] runs, one per stretch of calls with
+        # the same rows tensor. An attack calls the model once per iteration with the rows of its working batch,
+        # which change only when points leave it, so tallying in Python and adding once per stretch saves two
+        # tensor operations per forward and per backward pass (they matter on small batches).
+        self._pending: dict[str, list[list]] = {"forward": [], "backward": []}
         self._index: Tensor | None = None
+        self._all = torch.arange(n)  # the rows of a whole-batch call (one tensor, so such calls tally in one run)
+
+    @property
+    def forward_counts(self) -> Tensor:
+        self._flush("forward")
+        return self._forward_counts
+
+    @forward_counts.setter
+    def forward_counts(self, value: Tensor) -> None:
+        self._flush("forward")
+        self._forward_counts = value
+
+    @property
+    def backward_counts(self) -> Tensor:
+        self._flush("backward")
+        return self._backward_counts
 
     def counts(self) -> Counts:
         return Counts(self.forward_counts.clone(), self.backward_counts.clone())
+
+    def _tally(self, kind: str, rows: Tensor) -> None:
+        runs = self._pending[kind]
+        # The same tensor object, not written to since (its version counter): the same rows. The run holds the
+        # tensor, so `is` cannot match a new tensor at a recycled address; the copy is what gets counted.
+        if runs and runs[-1][0] is rows and runs[-1][1] == rows._version:
+            runs[-1][3] += 1
+        else:
+            if len(runs) >= 64:  # an attack whose rows change at every call: keep the list short
+                self._flush(kind)
+            runs.append([rows, rows._version, rows.clone(), 1])
+
+    def _flush(self, kind: str) -> None:
+        runs = self._pending[kind]
+        if not runs:
+            return
+        counts = self._forward_counts if kind == "forward" else self._backward_counts
+        for _, _, rows, passes in runs:
+            counts.index_add_(0, rows, torch.full_like(rows, passes))
+        runs.clear()
 
     def _rows(self, batch: int) -> Tensor:
         if self._index is not None:
@@ -59,7 +100,7 @@ class CountingModel(nn.Module):
                 )
             return self._index
         if batch == self.n:
-            return torch.arange(self.n)
+            return self._all
         raise RuntimeError(
             f"CountingModel was built for {self.n} samples but received a batch of {batch}; "
             "wrap the call in `with attribute(model, index):` to say which samples it holds."
@@ -74,7 +115,7 @@ class CountingModel(nn.Module):
                     f"Query budget of {self.max_queries} per sample is spent for "
                     f"{int((spent >= self.max_queries).sum())} sample(s); raise max_queries or stop the attack."
                 )
-        self.forward_counts.index_add_(0, rows, torch.ones_like(rows))
+        self._tally("forward", rows)
         out = self.model(x)
         if out.requires_grad:
             out.register_hook(self._backward_hook(rows))
@@ -83,7 +124,7 @@ class CountingModel(nn.Module):
     def _backward_hook(self, rows: Tensor):
         def hook(grad: Tensor) -> None:
             # The backward runs for the whole batch that went forward, so every row pays for it.
-            self.backward_counts.index_add_(0, rows, torch.ones_like(rows))
+            self._tally("backward", rows)
 
         return hook
 
@@ -106,7 +147,9 @@ def attribute(model: nn.Module, index: Tensor) -> Iterator[None]:
         yield
         return
     previous = counter._index
-    counter._index = index.detach().to("cpu", torch.long)
+    # An int64 CPU tensor is used as it is (integer tensors carry no autograd history), so an attack that passes
+    # the same rows tensor every iteration lets the counter tally those passes in one run.
+    counter._index = index if index.dtype == torch.long and index.device.type == "cpu" else index.to("cpu", torch.long)
     try:
         yield
     finally:

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from bastion.attacks.base import register_attack
 from bastion.attacks.losses import cross_entropy, dlr, is_adversarial, margin
-from bastion.attacks.steps import l2_ascent, select_rows
+from bastion.attacks.steps import l2_ascent
 from bastion.oracle import attribute
 from bastion.threat import LpThreat
 
@@ -147,13 +147,19 @@ class _State:
     hi: Tensor | None = None
 
     def take(self, keep: Tensor) -> _State:
-        return replace(self, **{f.name: v[keep] for f in fields(self) if (v := getattr(self, f.name)) is not None})
+        idx = keep.nonzero().squeeze(1)  # once, not once per field as boolean indexing would
+        on_cpu = idx.cpu()  # for ``rows``, which stays on the CPU
+        return replace(self, **{f.name: v.index_select(0, on_cpu if v.device.type == "cpu" else idx)
+                                for f in fields(self) if (v := getattr(self, f.name)) is not None})
 
     def advance(self, x_new: Tensor, values: Tensor, grad: Tensor) -> None:
-        """The new iterate with its loss and gradient; counts a rise of the loss and keeps the best so far."""
+        """The new iterate with its loss and gradient; counts a rise of the loss and keeps the best so far
+        (in ``x_best`` and ``g_best``'s own memory: both are always buffers of their own, never an alias)."""
         better = values > self.f_best
         self.rises = self.rises + (values > self.f_cur)  # the bool adds as 0 / 1
-        self.x_best, self.g_best = select_rows(better, x_new, self.x_best), select_rows(better, grad, self.g_best)
+        weight = _view(better.to(x_new.dtype), x_new)  # select_rows's 0/1 weight, once for both
+        torch.lerp(self.x_best, x_new, weight, out=self.x_best)
+        torch.lerp(self.g_best, grad, weight, out=self.g_best)
         self.f_best = torch.where(better, values, self.f_best)
         self.x_prev, self.x_cur, self.f_cur, self.grad = self.x_cur, x_new, values, grad
 
@@ -165,7 +171,8 @@ def _evaluate(model: nn.Module, x_adv: Tensor, s: _State, loss_fn: LossFn) -> tu
         logits = model(x_adv)
     values = loss_fn(logits, s.y, s.targets)
     (grad,) = torch.autograd.grad(values.sum(), x_adv)
-    return values.detach(), grad.detach(), logits.detach()
+    # contiguous: a buffer of its own that the next move may overwrite (a no-op unless autograd gave a broadcast)
+    return values.detach(), grad.detach().contiguous(), logits.detach()
 
 
 @dataclass(frozen=True)
@@ -179,12 +186,13 @@ class _Config:
 
 
 def _project(s: _State, point: Tensor, cfg: _Config) -> Tensor:
+    """``point`` onto the threat set; ``point`` is always a fresh tensor here, so L-inf and L2 work in place."""
     if s.lo is not None:
-        return point.clamp_(s.lo, s.hi)  # L-inf: one clamp (``point`` is always a fresh tensor here)
+        return point.clamp_(s.lo, s.hi)  # L-inf: one clamp
     t = cfg.threat
     if t.norm != "l1":
         # Per-sample eps of the working rows (the threat's own eps may be longer than the working batch).
-        return t.project_radius(point, s.x, s.eps)
+        return t.project_radius(point, s.x, s.eps, overwrite=True)
     frozen = None if t.mask is None else ~t.mask.to(device=s.x.device, dtype=torch.bool).expand_as(s.x)
     return s.x + project_l1_box(point - s.x, s.x, s.eps, t.lower, t.upper, frozen)
 
@@ -192,16 +200,18 @@ def _project(s: _State, point: Tensor, cfg: _Config) -> Tensor:
 def _move(s: _State, cfg: _Config, first: bool) -> Tensor:
     """z = P(x + step * dir); x_new = P(x + a (z - x) + (1 - a)(x - x_prev)), a = 1 on the first step."""
     t = cfg.threat
+    # L-inf and L2 write z over s.grad: it is the state's own buffer (never an alias of g_best) and is not read
+    # again before the next gradient replaces it.
     if t.norm == "linf":
-        z = _project(s, torch.addcmul(s.x_cur, s.grad.sign(), _view(s.step, s.grad)), cfg)
+        z = _project(s, torch.addcmul(s.x_cur, s.grad.sign_(), _view(s.step, s.grad), out=s.grad), cfg)
     elif t.norm == "l2":
-        z = _project(s, l2_ascent(s.x_cur, s.grad, s.step), cfg)
+        z = _project(s, l2_ascent(s.x_cur, s.grad, s.step, out=s.grad), cfg)
     else:
         z = _project(s, s.x_cur + _l1_step(s.grad, s.x_cur, s.step, s.topk, t.lower, t.upper), cfg)
     if first:  # a = 1: the point is z itself, already in the threat set
         return z
     # x + a (z - x) + (1 - a)(x - x_prev) = lerp(2 x - x_prev, z, a), and 2 x - x_prev = lerp(x_prev, x, 2)
-    return _project(s, torch.lerp(torch.lerp(s.x_prev, s.x_cur, 2.0), z, cfg.momentum), cfg)
+    return _project(s, torch.lerp(s.x_prev, s.x_cur, 2.0).lerp_(z, cfg.momentum), cfg)
 
 
 def _checkpoint(s: _State, cfg: _Config, period: int) -> _State:
@@ -241,7 +251,7 @@ def _run(model: nn.Module, x: Tensor, y: Tensor, targets: Tensor, threat: LpThre
     s = _State(
         pos=torch.arange(n, device=x.device), rows=index.detach().to("cpu", torch.long), x=x, y=y,
         targets=targets, eps=eps, x_cur=start, x_prev=start,
-        grad=torch.zeros_like(x), f_cur=ones, x_best=start, g_best=torch.zeros_like(x), f_best=ones,
+        grad=torch.zeros_like(x), f_cur=ones, x_best=start.clone(), g_best=torch.zeros_like(x), f_best=ones,
         step=cfg.step_factor * eps, rises=torch.zeros(n, device=x.device), f_best_last=ones,
         reduced_last=torch.zeros(n, dtype=torch.bool, device=x.device), topk=topk_init * ones,
         sparsity_old=x[0].numel() * ones,
@@ -255,7 +265,7 @@ def _run(model: nn.Module, x: Tensor, y: Tensor, targets: Tensor, threat: LpThre
         x_cur = _move(s, cfg, first=(k == 1)) if k > 0 else s.x_cur
         values, grad, logits = _evaluate(model, x_cur, s, loss_fn)
         if k == 0:  # the start is the first best point
-            s = replace(s, f_cur=values, grad=grad, g_best=grad, f_best=values, f_best_last=values.clone())
+            s = replace(s, f_cur=values, grad=grad, g_best=grad.clone(), f_best=values, f_best_last=values.clone())
         else:
             s.advance(x_cur, values, grad)
         hit = is_adversarial(logits, s.y, cfg.targeted)

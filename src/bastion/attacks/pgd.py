@@ -89,8 +89,9 @@ def _run(
     # L-inf: the threat set is a box per coordinate, so each step is one fused add and one clamp.
     lo, hi = threat.linf_bounds(x, ea) if threat.norm == "linf" else (None, None)
     best_x, best_loss = start, torch.full((x.shape[0],), float("-inf"), device=x.device)
+    rows = index[pos].cpu()  # each working row's sample, for the pass counter (changes only on a shrink)
     for t in range(steps + 1):
-        with attribute(model, index[pos]):
+        with attribute(model, rows):
             if t < steps:
                 logits, grad, values = input_gradient(model, xa, ya, loss_fn, targeted)
             else:
@@ -99,8 +100,10 @@ def _run(
                 values = loss_fn(logits, ya, targeted)
         hit = is_adversarial(logits, ya, targeted)
         better = (values > best_loss) | hit
-        best_x = select_rows(better, xa, best_x)
-        best_loss = torch.where(better, values, best_loss)
+        if bool(better.all()):  # common while the loss climbs (30-90% of PGD's iterations): no copy at all
+            best_x, best_loss = xa, values
+        else:
+            best_x, best_loss = select_rows(better, xa, best_x), torch.where(better, values, best_loss)
         if t == steps or bool(hit.all()):
             out[pos], broken[pos] = best_x, hit
             break
@@ -108,16 +111,20 @@ def _run(
             out[pos[hit]], broken[pos[hit]] = xa[hit], True
             keep = ~hit
             pos, xa, xc, ya, sa, ea = pos[keep], xa[keep], xc[keep], ya[keep], sa[keep], ea[keep]
+            rows = rows[keep.cpu()]
             best_x, best_loss, grad = best_x[keep], best_loss[keep], grad[keep]
             if lo is not None:
                 lo, hi = lo[keep], hi[keep]
+        # L-inf and L2 write the step over grad, which is this run's own and not read again (contiguous: a
+        # buffer of its own, a no-op unless autograd gave a broadcast).
+        grad = grad.contiguous()
         if lo is not None:
-            xa = torch.addcmul(xa, grad.sign(), sa.view(-1, *([1] * (x.dim() - 1)))).clamp_(lo, hi)
+            xa = torch.addcmul(xa, grad.sign_(), sa.view(-1, *([1] * (x.dim() - 1))), out=grad).clamp_(lo, hi)
             continue
         if threat.norm == "l2":
-            moved = l2_ascent(xa, grad, sa)
+            moved = l2_ascent(xa, grad, sa, out=grad)
         else:
             moved = xa + lp_step(grad, sa, threat.norm, x=xa, lower=threat.lower, upper=threat.upper,
                                  l1_sparsity=l1_sparsity)
-        xa = threat.project_radius(moved, xc, ea)
+        xa = threat.project_radius(moved, xc, ea, overwrite=True)
     return out, broken
