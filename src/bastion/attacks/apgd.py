@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from bastion.attacks.base import register_attack
 from bastion.attacks.losses import cross_entropy, dlr, is_adversarial, margin
 from bastion.attacks.steps import l2_ascent
-from bastion.oracle import attribute
+from bastion.oracle import attribute, attribution
 from bastion.threat import LpThreat
 
 PAPER = (
@@ -165,14 +165,15 @@ class _State:
 
 
 def _evaluate(model: nn.Module, x_adv: Tensor, s: _State, loss_fn: LossFn) -> tuple[Tensor, Tensor, Tensor]:
-    """One forward and one backward pass: (loss, gradient, logits), model grads untouched."""
+    """One forward and one backward pass: (loss, gradient, logits), model grads untouched. The caller has pointed
+    the pass counter at ``s.rows`` (``attribution``)."""
     x_adv = x_adv.detach().requires_grad_(True)
-    with attribute(model, s.rows):
-        logits = model(x_adv)
+    logits = model(x_adv)
     values = loss_fn(logits, s.y, s.targets)
-    (grad,) = torch.autograd.grad(values.sum(), x_adv)
-    # contiguous: a buffer of its own that the next move may overwrite (a no-op unless autograd gave a broadcast)
-    return values.detach(), grad.detach().contiguous(), logits.detach()
+    (grad,) = torch.autograd.grad(values.sum(), x_adv)  # no history of its own: nothing to detach
+    if not grad.is_contiguous():  # a buffer of its own, which the next move overwrites (autograd may broadcast)
+        grad = grad.contiguous()
+    return values.detach(), grad, logits.detach()
 
 
 @dataclass(frozen=True)
@@ -261,26 +262,30 @@ def _run(model: nn.Module, x: Tensor, y: Tensor, targets: Tensor, threat: LpThre
     out, out_loss = start.clone(), torch.full((n,), float("-inf"), device=x.device, dtype=x.dtype)
     broken = torch.zeros(n, dtype=torch.bool, device=x.device)
     marks, last_mark = checkpoints(cfg.n_iter), 0
-    for k in range(cfg.n_iter + 1):
-        x_cur = _move(s, cfg, first=(k == 1)) if k > 0 else s.x_cur
-        values, grad, logits = _evaluate(model, x_cur, s, loss_fn)
-        if k == 0:  # the start is the first best point
-            s = replace(s, f_cur=values, grad=grad, g_best=grad.clone(), f_best=values, f_best_last=values.clone())
-        else:
-            s.advance(x_cur, values, grad)
-        hit = is_adversarial(logits, s.y, cfg.targeted)
-        any_hit = bool(hit.any())
-        if any_hit:  # broken points leave with the adversarial iterate
-            gone = s.pos[hit]
-            out[gone], out_loss[gone], broken[gone] = s.x_cur[hit], float("inf"), True
-        if k == cfg.n_iter or (any_hit and bool(hit.all())):
-            rest = ~hit  # the others leave with their best-loss point
-            out[s.pos[rest]], out_loss[s.pos[rest]] = s.x_best[rest], s.f_best[rest]
-            break
-        if any_hit:
-            s = s.take(~hit)
-        if k in marks:
-            s, last_mark = _checkpoint(s, cfg, k - last_mark), k
+    with attribution(model) as point:
+        point(s.rows)
+        for k in range(cfg.n_iter + 1):
+            x_cur = _move(s, cfg, first=(k == 1)) if k > 0 else s.x_cur
+            values, grad, logits = _evaluate(model, x_cur, s, loss_fn)
+            if k == 0:  # the start is the first best point
+                s = replace(s, f_cur=values, grad=grad, g_best=grad.clone(), f_best=values,
+                            f_best_last=values.clone())
+            else:
+                s.advance(x_cur, values, grad)
+            hit = is_adversarial(logits, s.y, cfg.targeted)
+            any_hit = bool(hit.any())
+            if any_hit:  # broken points leave with the adversarial iterate
+                gone = s.pos[hit]
+                out[gone], out_loss[gone], broken[gone] = s.x_cur[hit], float("inf"), True
+            if k == cfg.n_iter or (any_hit and bool(hit.all())):
+                rest = ~hit  # the others leave with their best-loss point
+                out[s.pos[rest]], out_loss[s.pos[rest]] = s.x_best[rest], s.f_best[rest]
+                break
+            if any_hit:
+                s = s.take(~hit)
+                point(s.rows)
+            if k in marks:
+                s, last_mark = _checkpoint(s, cfg, k - last_mark), k
     return out, out_loss, broken
 
 

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from bastion.attacks.base import register_attack
 from bastion.attacks.losses import LOSSES, input_gradient, is_adversarial
 from bastion.attacks.steps import l2_ascent, lp_step, select_rows
-from bastion.oracle import attribute
+from bastion.oracle import attribution
 from bastion.threat import LpThreat
 
 STEP_FACTOR = 2.5  # Madry et al.: step size 2.5 * eps / steps
@@ -90,41 +90,43 @@ def _run(
     lo, hi = threat.linf_bounds(x, ea) if threat.norm == "linf" else (None, None)
     best_x, best_loss = start, torch.full((x.shape[0],), float("-inf"), device=x.device)
     rows = index[pos].cpu()  # each working row's sample, for the pass counter (changes only on a shrink)
-    for t in range(steps + 1):
-        with attribute(model, rows):
+    with attribution(model) as point:
+        point(rows)
+        for t in range(steps + 1):
             if t < steps:
                 logits, grad, values = input_gradient(model, xa, ya, loss_fn, targeted)
             else:
                 with torch.no_grad():
                     logits = model(xa)
                 values = loss_fn(logits, ya, targeted)
-        hit = is_adversarial(logits, ya, targeted)
-        better = (values > best_loss) | hit
-        if bool(better.all()):  # common while the loss climbs (30-90% of PGD's iterations): no copy at all
-            best_x, best_loss = xa, values
-        else:
-            best_x, best_loss = select_rows(better, xa, best_x), torch.where(better, values, best_loss)
-        if t == steps or bool(hit.all()):
-            out[pos], broken[pos] = best_x, hit
-            break
-        if bool(hit.any()):
-            out[pos[hit]], broken[pos[hit]] = xa[hit], True
-            keep = ~hit
-            pos, xa, xc, ya, sa, ea = pos[keep], xa[keep], xc[keep], ya[keep], sa[keep], ea[keep]
-            rows = rows[keep.cpu()]
-            best_x, best_loss, grad = best_x[keep], best_loss[keep], grad[keep]
+            hit = is_adversarial(logits, ya, targeted)
+            better = (values > best_loss) | hit
+            if bool(better.all()):  # common while the loss climbs (30-90% of PGD's iterations): no copy at all
+                best_x, best_loss = xa, values
+            else:
+                best_x, best_loss = select_rows(better, xa, best_x), torch.where(better, values, best_loss)
+            if t == steps or bool(hit.all()):
+                out[pos], broken[pos] = best_x, hit
+                break
+            if bool(hit.any()):
+                out[pos[hit]], broken[pos[hit]] = xa[hit], True
+                keep = ~hit
+                pos, xa, xc, ya, sa, ea = pos[keep], xa[keep], xc[keep], ya[keep], sa[keep], ea[keep]
+                rows = rows[keep.cpu()]
+                point(rows)
+                best_x, best_loss, grad = best_x[keep], best_loss[keep], grad[keep]
+                if lo is not None:
+                    lo, hi = lo[keep], hi[keep]
+            # L-inf and L2 write the step over grad, which is this run's own and not read again.
+            if not grad.is_contiguous():  # a buffer of its own (autograd may give a broadcast)
+                grad = grad.contiguous()
             if lo is not None:
-                lo, hi = lo[keep], hi[keep]
-        # L-inf and L2 write the step over grad, which is this run's own and not read again (contiguous: a
-        # buffer of its own, a no-op unless autograd gave a broadcast).
-        grad = grad.contiguous()
-        if lo is not None:
-            xa = torch.addcmul(xa, grad.sign_(), sa.view(-1, *([1] * (x.dim() - 1))), out=grad).clamp_(lo, hi)
-            continue
-        if threat.norm == "l2":
-            moved = l2_ascent(xa, grad, sa, out=grad)
-        else:
-            moved = xa + lp_step(grad, sa, threat.norm, x=xa, lower=threat.lower, upper=threat.upper,
-                                 l1_sparsity=l1_sparsity)
-        xa = threat.project_radius(moved, xc, ea, overwrite=True)
+                xa = torch.addcmul(xa, grad.sign_(), sa.view(-1, *([1] * (x.dim() - 1))), out=grad).clamp_(lo, hi)
+                continue
+            if threat.norm == "l2":
+                moved = l2_ascent(xa, grad, sa, out=grad)
+            else:
+                moved = xa + lp_step(grad, sa, threat.norm, x=xa, lower=threat.lower, upper=threat.upper,
+                                     l1_sparsity=l1_sparsity)
+            xa = threat.project_radius(moved, xc, ea, overwrite=True)
     return out, broken
