@@ -52,3 +52,39 @@ def test_counter_is_found_through_wrappers_and_deep_inside() -> None:
     with attribute(wrapped, torch.tensor([0, 2])):
         wrapped(torch.randn(2, 3))
     assert counter.counts().forward.tolist() == [2, 0, 2, 0]  # two draws each, attributed to samples 0 and 2
+
+
+def test_tallied_counts_follow_the_rows_at_call_time() -> None:
+    """Passes are added lazily, one run per stretch of calls with the same rows tensor; a rows tensor written to
+    in place between calls, or more stretches than the counter keeps pending, still count exactly."""
+    model = CountingModel(nn.Linear(3, 2), n=4)
+    rows = torch.tensor([0, 1])
+    with attribute(model, rows):
+        model(torch.randn(2, 3, requires_grad=True)).sum().backward()
+        model(torch.randn(2, 3))
+    rows[1] = 3  # the same tensor object, new contents
+    with attribute(model, rows):
+        model(torch.randn(2, 3, requires_grad=True)).sum().backward()
+    c = model.counts()
+    assert c.forward.tolist() == [3, 2, 0, 1]
+    assert c.backward.tolist() == [2, 1, 0, 1]
+    for i in range(100):  # a new rows tensor at every call
+        with attribute(model, torch.tensor([i % 4])):
+            model(torch.randn(1, 3))
+    assert model.counts().forward.tolist() == [28, 27, 25, 26]
+
+
+def test_attribution_points_the_counter_and_restores_it() -> None:
+    from bastion.oracle import attribution
+
+    model = CountingModel(nn.Linear(3, 2), n=4)
+    with attribute(model, torch.tensor([0, 1, 2])), attribution(model) as point:
+        point(torch.tensor([3]))
+        model(torch.randn(1, 3))
+        point(torch.tensor([1, 2]))
+        model(torch.randn(2, 3))
+        model(torch.randn(2, 3))
+    assert model.counts().forward.tolist() == [0, 2, 2, 1]
+    assert model._index is None  # the outer attribute() put back what was there before it
+    with attribution(nn.Linear(3, 2)) as point:  # no counter: a no-op
+        point(torch.tensor([0]))

@@ -93,14 +93,16 @@ class LpThreat:
         return self.project_radius(x_adv, inputs, self.eps_for(inputs))
 
     def project_radius(self, x_adv: Tensor, inputs: Tensor, eps: Tensor, *, overwrite: bool = False) -> Tensor:
-        """``project`` with the per-sample radius ``eps`` (an ``(N,)`` tensor) given, for attacks whose working
-        batch is a subset of the threat's samples; the radius is trusted (no validation in the hot loop).
+        """``project`` with the per-sample radius ``eps`` (``(N,)``, or shaped to broadcast) given, for attacks
+        whose working batch is a subset of the threat's samples; the radius is trusted (no validation in the hot
+        loop).
 
         ``overwrite=True``: ``x_adv`` is a fresh iterate the caller will not use again, and the L2 projection may
         work in its memory (same result; fewer new buffers keep the step's tensors in cache)."""
         mask = self._mask_for(inputs)
         if self.norm == "l2" and mask is None:
             return _project_l2_box(x_adv, inputs, eps, self.lower, self.upper, overwrite=overwrite)
+        eps = eps.reshape(-1)
         delta = project_ball(x_adv - inputs, eps, self.norm)
         if mask is not None:
             delta = delta.masked_fill(~mask, 0.0)
@@ -190,7 +192,8 @@ def _project_l2_box(x_adv: Tensor, inputs: Tensor, eps: Tensor, lower: float, up
     delta = x_adv.sub_(inputs) if overwrite else x_adv - inputs
     # the norm reduced over the trailing dimensions with keepdim: no flatten and no reshape of the result
     norm = torch.linalg.vector_norm(delta, dim=tuple(range(1, delta.dim())), keepdim=True)
-    scale = (_view(eps, delta) / norm.clamp_min_(1e-12)).clamp_max_(1.0)
+    radius = eps if eps.dim() == delta.dim() else _view(eps, delta)  # a caller may pass it shaped already
+    scale = (radius / norm.clamp_min_(1e-12)).clamp_max_(1.0)
     return torch.addcmul(inputs, delta, scale, out=delta if overwrite else None).clamp_(lower, upper)
 
 

@@ -137,3 +137,44 @@ def test_l2_ascent_is_the_l2_step() -> None:
     got = l2_ascent(x, grad, length)
     assert torch.allclose(got, x + lp_step(grad, length, "l2"), atol=1e-6) and torch.equal(got[2], x[2])
     assert torch.allclose((got - x).flatten(1).norm(dim=1)[[0, 1, 3]], length[[0, 1, 3]], rtol=1e-5)
+
+
+def test_in_place_l2_projection_and_step_match_the_plain_ones() -> None:
+    """``project_radius(overwrite=True)`` (working in the iterate's memory), a pre-shaped radius, and
+    ``l2_ascent(out=grad)`` give the same points bit for bit as the plain calls, mask included."""
+    from bastion.attacks.steps import l2_ascent
+
+    g = torch.Generator().manual_seed(0)
+    x, p = torch.rand(6, 1, 5, 5, generator=g), torch.rand(6, 1, 5, 5, generator=g)
+    eps = torch.tensor([0.1, 0.5, 2.0, 0.0, 1.0, 10.0])
+    mask = torch.zeros(1, 5, 5, dtype=torch.bool)
+    mask[0, 1:] = True
+    for threat in (LpThreat("l2", 1.0), LpThreat("l2", 1.0, mask=mask)):
+        plain = threat.project_radius(p, x, eps)
+        assert torch.equal(threat.project_radius(p.clone(), x, eps, overwrite=True), plain)
+        assert torch.equal(threat.project_radius(p.clone(), x, eps.view(-1, 1, 1, 1), overwrite=True), plain)
+    grad = torch.randn(6, 1, 5, 5, generator=g)
+    expected = l2_ascent(x, grad, eps)
+    assert torch.equal(l2_ascent(x, grad, eps, out=grad), expected)
+
+
+class _SumModel(torch.nn.Module):
+    """Logits (s, -s) with s the sum of the input: autograd's input gradient is a broadcast (stride 0)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.sum(dim=tuple(range(1, x.dim())))
+        return torch.stack([s, -s], 1)
+
+
+@pytest.mark.parametrize("name", ["pgd", "apgd"])
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_a_broadcast_input_gradient_is_not_written_in_place(name: str, norm: str) -> None:
+    """PGD and APGD write their step over the gradient buffer; a broadcast gradient must be copied first."""
+    from bastion.attacks.base import get_attack
+
+    x = torch.full((3, 1, 4, 4), 0.2)
+    y = torch.zeros(3, dtype=torch.long)  # class 0 while s > -s, i.e. while the sum is positive
+    threat = LpThreat(norm, {"linf": 0.3, "l2": 1.0}[norm])
+    adv = get_attack(name).fn(_SumModel(), x, y, threat, generator=torch.Generator().manual_seed(0))
+    assert bool(threat.contains(adv, x).all())
+    assert torch.equal(x, torch.full((3, 1, 4, 4), 0.2))
