@@ -187,7 +187,7 @@ def _project_l2_box(x_adv: Tensor, inputs: Tensor, eps: Tensor, lower: float, up
     ``x_adv``'s memory, which the caller gives up.
 
     On CPU the step's tensors fall out of cache during the model's forward and backward pass, and each new
-    buffer costs a cold write as well; in place, APGD-L2's move took 13% less time on 100 MNIST images
+    buffer costs a cold write as well; in place, APGD-L2's move took 13% less time on 98 MNIST images
     (docs/BENCHMARKS.md, ninth session), with bit-identical results."""
     delta = x_adv.sub_(inputs) if overwrite else x_adv - inputs
     # the norm reduced over the trailing dimensions with keepdim: no flatten and no reshape of the result
