@@ -152,7 +152,8 @@ class LpThreat:
         return self.project(inputs + delta, inputs)
 
 
-def _view(v: Tensor, like: Tensor) -> Tensor:
+def per_sample(v: Tensor, like: Tensor) -> Tensor:
+    """An ``(N,)`` per-sample value shaped ``(N, 1, ..., 1)`` to broadcast over the batch ``like``."""
     return v.view(-1, *([1] * (like.dim() - 1)))
 
 
@@ -170,12 +171,12 @@ def lp_norms(t: Tensor, p: float, dim: int = 1) -> Tensor:
 def project_ball(delta: Tensor, eps: Tensor, norm: Norm) -> Tensor:
     """Euclidean projection of each ``delta[i]`` onto the ``norm`` ball of radius ``eps[i]``."""
     if norm == "linf":
-        e = _view(eps, delta)
+        e = per_sample(eps, delta)
         return torch.maximum(torch.minimum(delta, e), -e)
     if norm == "l2":
         n = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
         factor = torch.clamp(eps / n, max=1.0)
-        return delta * _view(factor, delta)
+        return delta * per_sample(factor, delta)
     return _project_l1(delta, eps)
 
 
@@ -192,7 +193,7 @@ def _project_l2_box(x_adv: Tensor, inputs: Tensor, eps: Tensor, lower: float, up
     delta = x_adv.sub_(inputs) if overwrite else x_adv - inputs
     # the norm reduced over the trailing dimensions with keepdim: no flatten and no reshape of the result
     norm = torch.linalg.vector_norm(delta, dim=tuple(range(1, delta.dim())), keepdim=True)
-    radius = eps if eps.dim() == delta.dim() else _view(eps, delta)  # a caller may pass it shaped already
+    radius = eps if eps.dim() == delta.dim() else per_sample(eps, delta)  # a caller may pass it shaped already
     scale = (radius / norm.clamp_min_(1e-12)).clamp_max_(1.0)
     return torch.addcmul(inputs, delta, scale, out=delta if overwrite else None).clamp_(lower, upper)
 

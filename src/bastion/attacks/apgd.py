@@ -29,11 +29,12 @@ from dataclasses import dataclass, fields, replace
 import torch
 from torch import Tensor, nn
 
+from bastion.attacks.apgd_l1 import l1_step, project_l1_box
 from bastion.attacks.base import register_attack
 from bastion.attacks.losses import cross_entropy, dlr, is_adversarial, margin
 from bastion.attacks.steps import l2_ascent
 from bastion.oracle import attribute, attribution
-from bastion.threat import LpThreat
+from bastion.threat import LpThreat, per_sample
 
 PAPER = (
     "Croce & Hein 2020, Reliable evaluation of adversarial robustness with an ensemble of diverse "
@@ -48,10 +49,6 @@ def checkpoints(n_iter: int) -> set[int]:
     while p[-1] + max(p[-1] - p[-2] - 0.03, 0.06) <= 1.0:
         p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
     return {math.ceil(q * n_iter - 1e-9) for q in p[1:]}
-
-
-def _view(v: Tensor, like: Tensor) -> Tensor:
-    return v.view(-1, *([1] * (like.dim() - 1)))
 
 
 # ----------------------------------------------------------------------------------------------- losses
@@ -76,46 +73,6 @@ def _make_loss(name: str, targeted: bool, top_k_targets: bool) -> LossFn:
         return dlr(logits, best_other, True, target_ranks=labels)
 
     return loss
-
-
-# ------------------------------------------------------------------------------------------------ steps
-def project_l1_box(delta: Tensor, inputs: Tensor, eps: Tensor, lower: float, upper: float,
-                   frozen: Tensor | None = None, iters: int = 40) -> Tensor:
-    """Exact Euclidean projection of ``delta`` onto {||d||_1 <= eps, lower <= inputs + d <= upper}.
-
-    Coordinate-wise the solution is sign(delta) * clip(|delta| - lam, 0, room); lam >= 0 is found by
-    bisection so that the L1 norm is at most eps (Croce & Hein 2021 solve the same problem by sorting).
-    """
-    flat, x = delta.flatten(1), inputs.flatten(1)
-    room = torch.where(flat > 0, upper - x, x - lower).clamp_min(0)
-    if frozen is not None:
-        room = room.masked_fill(frozen.flatten(1), 0.0)
-    mag = flat.abs()
-
-    def shrunk(lam: Tensor) -> Tensor:
-        return torch.minimum((mag - lam[:, None]).clamp_min(0), room)
-
-    lo = torch.zeros_like(eps)
-    hi = torch.where(shrunk(lo).sum(1) > eps, mag.amax(1), lo)
-    for _ in range(iters):
-        mid = (lo + hi) / 2
-        over = shrunk(mid).sum(1) > eps
-        lo, hi = torch.where(over, mid, lo), torch.where(over, hi, mid)
-    return (flat.sign() * shrunk(hi)).view_as(delta)
-
-
-def _l1_step(grad: Tensor, x_adv: Tensor, step: Tensor, topk: Tensor, lower: float, upper: float) -> Tensor:
-    """Move the top-``topk`` fraction of coordinates (by |grad|) with equal magnitude, L1 length ``step``."""
-    flat, xf = grad.flatten(1), x_adv.flatten(1)
-    blocked = ((xf >= upper) & (flat > 0)) | ((xf <= lower) & (flat < 0))
-    mag = flat.abs().masked_fill(blocked, 0.0)
-    d = flat.shape[1]
-    rank = ((1.0 - topk) * d).long().clamp(0, d - 1)
-    threshold = mag.sort(1).values.gather(1, rank[:, None])
-    chosen = (mag >= threshold) & (mag > 0)
-    direction = flat.sign() * chosen
-    count = chosen.sum(1).clamp_min(1).to(grad.dtype)
-    return (direction * (step / count)[:, None]).view_as(grad)
 
 
 # ------------------------------------------------------------------------------------------------ state
@@ -159,7 +116,7 @@ class _State:
         self.rises = self.rises + (values > self.f_cur)  # the bool adds as 0 / 1
         # steps.select_rows written into the buffers (on CPU that saves the cold write of a new one, about a
         # fifth of the select's time after a pass), with one 0/1 weight for both
-        weight = _view(better.to(x_new.dtype), x_new)
+        weight = per_sample(better.to(x_new.dtype), x_new)
         torch.lerp(self.x_best, x_new, weight, out=self.x_best)
         torch.lerp(self.g_best, grad, weight, out=self.g_best)
         self.f_best = torch.where(better, values, self.f_best)
@@ -204,15 +161,15 @@ def _project(s: _State, point: Tensor, cfg: _Config, eps: Tensor) -> Tensor:
 def _move(s: _State, cfg: _Config, first: bool) -> Tensor:
     """z = P(x + step * dir); x_new = P(x + a (z - x) + (1 - a)(x - x_prev)), a = 1 on the first step."""
     t = cfg.threat
-    eps = _view(s.eps, s.x) if t.norm == "l2" else s.eps
+    eps = per_sample(s.eps, s.x) if t.norm == "l2" else s.eps
     # L-inf and L2 write z over s.grad: it is the state's own buffer (never an alias of g_best) and is not read
     # again before the next gradient replaces it.
     if t.norm == "linf":
-        z = _project(s, torch.addcmul(s.x_cur, s.grad.sign_(), _view(s.step, s.grad), out=s.grad), cfg, eps)
+        z = _project(s, torch.addcmul(s.x_cur, s.grad.sign_(), per_sample(s.step, s.grad), out=s.grad), cfg, eps)
     elif t.norm == "l2":
-        z = _project(s, l2_ascent(s.x_cur, s.grad, _view(s.step, s.grad), out=s.grad), cfg, eps)
+        z = _project(s, l2_ascent(s.x_cur, s.grad, per_sample(s.step, s.grad), out=s.grad), cfg, eps)
     else:
-        z = _project(s, s.x_cur + _l1_step(s.grad, s.x_cur, s.step, s.topk, t.lower, t.upper), cfg, eps)
+        z = _project(s, s.x_cur + l1_step(s.grad, s.x_cur, s.step, s.topk, t.lower, t.upper), cfg, eps)
     if first:  # a = 1: the point is z itself, already in the threat set
         return z
     # x + a (z - x) + (1 - a)(x - x_prev) = lerp(2 x - x_prev, z, a), and 2 x - x_prev = lerp(x_prev, x, 2)
@@ -235,7 +192,7 @@ def _checkpoint(s: _State, cfg: _Config, period: int) -> _State:
         step = torch.minimum(torch.maximum(step, base / 10), base)
     else:
         step = torch.where(restart, step / 2, step)
-    r = _view(restart, s.x)
+    r = per_sample(restart, s.x)
     return replace(
         s, step=step, topk=topk, sparsity_old=sparsity, rises=torch.zeros_like(s.rises),
         x_cur=torch.where(r, s.x_best, s.x_cur), grad=torch.where(r, s.g_best, s.grad),

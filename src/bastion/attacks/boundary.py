@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from bastion.attacks.base import register_attack
 from bastion.blackbox.decision import Decider, feature_mask, find_starts
 from bastion.blackbox.target import partial_results
-from bastion.threat import LpThreat
+from bastion.threat import LpThreat, per_sample
 
 
 @register_attack(
@@ -108,10 +108,6 @@ def _dist(x: Tensor, x0: Tensor) -> Tensor:
     return (x - x0).flatten(1).norm(dim=1)
 
 
-def _view(v: Tensor, like: Tensor) -> Tensor:
-    return v.view(-1, *([1] * (like.dim() - 1)))
-
-
 def _candidates(x0: Tensor, current: Tensor, sph: Tensor, src: Tensor, threat: LpThreat, mask: Tensor | None,
                 gen: torch.Generator | None) -> tuple[Tensor, Tensor]:
     """The orthogonal (spherical) candidate and the full candidate one source step closer to ``x0``."""
@@ -120,14 +116,14 @@ def _candidates(x0: Tensor, current: Tensor, sph: Tensor, src: Tensor, threat: L
     eta = torch.randn(current.shape, generator=gen, device=current.device, dtype=current.dtype)
     if mask is not None:
         eta = eta * mask
-    unit = diff / _view(dist, diff)
-    eta = eta - unit * _view((eta * unit).flatten(1).sum(1), eta)  # orthogonal to the source direction
-    eta = eta / _view(eta.flatten(1).norm(dim=1).clamp_min(1e-12), eta) * _view(sph * dist, eta)
+    unit = diff / per_sample(dist, diff)
+    eta = eta - unit * per_sample((eta * unit).flatten(1).sum(1), eta)  # orthogonal to the source direction
+    eta = eta / per_sample(eta.flatten(1).norm(dim=1).clamp_min(1e-12), eta) * per_sample(sph * dist, eta)
     spherical = current + eta
     # Back onto the sphere of radius dist around x0.
     offset = spherical - x0
-    spherical = x0 + offset * _view(dist / offset.flatten(1).norm(dim=1).clamp_min(1e-12), offset)
-    candidate = x0 + (spherical - x0) * _view(1 - src, spherical)
+    spherical = x0 + offset * per_sample(dist / offset.flatten(1).norm(dim=1).clamp_min(1e-12), offset)
+    candidate = x0 + (spherical - x0) * per_sample(1 - src, spherical)
     return spherical.clamp(threat.lower, threat.upper), candidate.clamp(threat.lower, threat.upper)
 
 

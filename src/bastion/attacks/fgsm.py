@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from bastion.attacks.base import register_attack
 from bastion.attacks.losses import LOSSES, input_gradient
 from bastion.attacks.steps import l2_ascent, lp_step
-from bastion.threat import LpThreat
+from bastion.threat import LpThreat, per_sample
 
 
 @register_attack(
@@ -41,7 +41,7 @@ def fgsm(
         # From the input itself the step has length eps exactly, so it stays in the ball and only the box can cut it
         # (which shortens it): one fused add and one clip instead of the general projection.
         if threat.norm == "linf":
-            moved = torch.addcmul(inputs, grad.sign(), eps.view(-1, *([1] * (inputs.dim() - 1))))
+            moved = torch.addcmul(inputs, grad.sign(), per_sample(eps, inputs))
         else:
             moved = l2_ascent(inputs, grad, eps)
         return moved.clamp_(threat.lower, threat.upper).detach()

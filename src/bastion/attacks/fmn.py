@@ -34,14 +34,10 @@ from torch import Tensor, nn
 from bastion.attacks.base import register_attack
 from bastion.attacks.losses import is_adversarial, margin
 from bastion.attacks.steps import l2_ascent, select_rows
-from bastion.threat import LpThreat, lp_norms, project_ball
+from bastion.threat import LpThreat, lp_norms, per_sample, project_ball
 
 DUAL = {"linf": 1.0, "l2": 2.0, "l1": math.inf}
 ALPHA_INIT = {"linf": 10.0, "l2": 1.0, "l1": 1.0}
-
-
-def _view(v: Tensor, like: Tensor) -> Tensor:
-    return v.view(-1, *([1] * (like.dim() - 1)))
 
 
 def _cosine(start: float, end: float, i: int, steps: int) -> float:
@@ -140,7 +136,7 @@ def fmn(
         length = torch.linalg.vector_norm(grad.flatten(1), dim=1).clamp_min_(1e-12)
         dual_norm = length if dual == 2.0 else lp_norms(grad.flatten(1), dual).clamp_min_(1e-12)
         eps = torch.minimum(_new_eps(eps, norm, best_norm, found, hit, loss, dual_norm, gamma), worst)
-        x_adv = _constrain(x, torch.addcmul(delta, grad, _view(alpha / length, grad)), eps, threat)
+        x_adv = _constrain(x, torch.addcmul(delta, grad, per_sample(alpha / length, grad)), eps, threat)
     with torch.no_grad():  # the last step's point has not been checked yet
         hit = is_adversarial(model(x_adv), labels, targeted)
     better = hit & (threat.norm_of(x_adv - x) < best_norm)

@@ -17,7 +17,7 @@ from bastion.attacks.base import register_attack
 from bastion.attacks.losses import LOSSES, input_gradient, is_adversarial
 from bastion.attacks.steps import l2_ascent, lp_step, select_rows
 from bastion.oracle import attribution
-from bastion.threat import LpThreat
+from bastion.threat import LpThreat, per_sample
 
 STEP_FACTOR = 2.5  # Madry et al.: step size 2.5 * eps / steps
 
@@ -121,7 +121,7 @@ def _run(
             if not grad.is_contiguous():  # a buffer of its own (autograd may give a broadcast)
                 grad = grad.contiguous()
             if lo is not None:
-                xa = torch.addcmul(xa, grad.sign_(), sa.view(-1, *([1] * (x.dim() - 1))), out=grad).clamp_(lo, hi)
+                xa = torch.addcmul(xa, grad.sign_(), per_sample(sa, x), out=grad).clamp_(lo, hi)
                 continue
             if threat.norm == "l2":
                 moved = l2_ascent(xa, grad, sa, out=grad)

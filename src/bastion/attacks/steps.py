@@ -7,11 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from bastion.threat import Norm
-
-
-def _view(v: Tensor, like: Tensor) -> Tensor:
-    return v.view(-1, *([1] * (like.dim() - 1)))
+from bastion.threat import Norm, per_sample
 
 
 def select_rows(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
@@ -21,7 +17,7 @@ def select_rows(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
     machine), which matters once per iteration of every attack. A non-finite entry spoils its own row either way
     (0 * inf is nan), so use it for iterates and input gradients, whose non-finite values would already have
     derailed the attack, and not for values that may be inf on purpose."""
-    return torch.lerp(b, a, _view(mask.to(a.dtype), a))
+    return torch.lerp(b, a, per_sample(mask.to(a.dtype), a))
 
 
 def l2_ascent(x: Tensor, grad: Tensor, length: Tensor, *, out: Tensor | None = None) -> Tensor:
@@ -39,7 +35,7 @@ def row_norms(t: Tensor) -> Tensor:
 
 def _l2_scale(grad: Tensor, length: Tensor) -> Tensor:
     """``length / ||grad||`` per sample, shaped to broadcast over ``grad`` (a zero gradient gets a finite scale)."""
-    shaped = length if length.dim() == grad.dim() else _view(length, grad)  # a caller may pass it shaped
+    shaped = length if length.dim() == grad.dim() else per_sample(length, grad)  # a caller may pass it shaped
     return shaped / row_norms(grad).clamp_min_(1e-12)
 
 
@@ -61,7 +57,7 @@ def lp_step(
     coordinates already at a box bound that the gradient pushes outside (needs ``x``).
     """
     if norm == "linf":
-        return grad.sign() * _view(step_size, grad)
+        return grad.sign() * per_sample(step_size, grad)
     if norm == "l2":
         return grad * _l2_scale(grad, step_size)
     flat = grad.flatten(1)
