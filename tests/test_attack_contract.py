@@ -96,3 +96,22 @@ def test_registry_metadata_is_complete() -> None:
         spec = ATTACKS.get(name)
         assert spec.paper and spec.norms and spec.goal in ("budget", "minimal")
         assert set(spec.norms) <= {"linf", "l2", "l1"}
+
+
+@pytest.mark.parametrize(("name", "norm"), CASES)
+def test_per_feature_bounds_hold(name: str, norm: str) -> None:
+    """Per-feature box bounds (a standardized tabular data set has its own range per column): every attack's output
+    stays inside each feature's own range, features whose range is a single value never move, and budget attacks
+    stay in the threat model."""
+    model, (x, y) = _model(), _points()
+    g = torch.Generator().manual_seed(3)
+    lower = -torch.rand(1, 8, 8, generator=g) * 2  # each feature its own range around [lower, upper]
+    upper = torch.rand(1, 8, 8, generator=g) * 2 + 0.5
+    lower[0, 0, :4] = upper[0, 0, :4] = 0.25  # four constant features: they cannot change
+    x = (lower + (upper - lower) * x).clamp(lower, upper)
+    threat = LpThreat(norm, EPS[norm] * 2, lower=lower, upper=upper)
+    adv = _call(name, model, x, y, threat, seed=0)
+    assert (adv >= lower - 1e-5).all() and (adv <= upper + 1e-5).all(), "left a feature's own range"
+    assert torch.equal(adv[:, 0, 0, :4], x[:, 0, 0, :4]), "a constant feature moved"
+    if ATTACKS.get(name).goal == "budget":
+        assert threat.contains(adv, x).all(), "budget attack left the threat model"

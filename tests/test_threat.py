@@ -109,3 +109,42 @@ def test_lp_norms_match_vector_norm(p: float) -> None:
         want = torch.linalg.vector_norm(t, p, dim=dim)
         assert torch.allclose(lp_norms(t, p, dim=dim), want, rtol=1e-6, equal_nan=True)
     assert torch.isnan(lp_norms(t.flatten(1), p)[2])
+
+
+def test_per_feature_bounds_project_contain_and_start() -> None:
+    lower = torch.tensor([[-2.0, 0.0, 10.0]])
+    upper = torch.tensor([[2.0, 1.0, 10.0]])  # the third feature is constant
+    threat = LpThreat("linf", 0.5, lower=lower, upper=upper)
+    x = torch.tensor([[1.9, 0.1, 10.0], [-1.9, 0.9, 10.0]])
+    far = x + torch.tensor([[1.0, -1.0, 1.0], [-1.0, 1.0, -1.0]])
+    p = threat.project(far, x)
+    assert torch.allclose(p, torch.tensor([[2.0, 0.0, 10.0], [-2.0, 1.0, 10.0]]))
+    assert threat.contains(p, x).all() and not threat.contains(far, x).any()
+    start = threat.random_start(x, torch.Generator().manual_seed(0))
+    assert (start >= lower).all() and (start <= upper).all() and threat.contains(start, x).all()
+    lo, hi = threat.linf_bounds(x, threat.eps_for(x))
+    assert torch.equal(lo[:, 2], x[:, 2]) and torch.equal(hi[:, 2], x[:, 2])
+    for norm in ("l2", "l1"):
+        t = LpThreat(norm, 0.5, lower=lower, upper=upper)
+        q = t.project(far, x)
+        assert t.contains(q, x).all() and (q >= lower).all() and (q <= upper).all()
+
+
+@pytest.mark.parametrize(("lower", "upper", "fix"), [
+    (torch.zeros(3), torch.zeros(3), "room to move"),
+    (torch.ones(3), torch.zeros(3), "lower above upper"),
+    (torch.zeros(3), torch.ones(4), "do not broadcast"),
+    (torch.zeros(3), torch.tensor([1.0, float("inf"), 1.0]), "finite"),
+])
+def test_bad_per_feature_bounds_say_what_to_fix(lower: torch.Tensor, upper: torch.Tensor, fix: str) -> None:
+    with pytest.raises(InvalidInputError, match=fix):
+        LpThreat("linf", 0.1, lower=lower, upper=upper)
+
+
+def test_inputs_outside_per_feature_bounds_are_named() -> None:
+    from bastion.validate import check_inputs
+
+    threat = LpThreat("linf", 0.1, lower=torch.tensor([0.0, -5.0]), upper=torch.tensor([1.0, 5.0]))
+    check_inputs(torch.tensor([[0.5, -4.0]]), threat)  # fine: the second feature has its own range
+    with pytest.raises(InvalidInputError, match="1 features out of range"):
+        check_inputs(torch.tensor([[0.5, 6.0]]), threat)

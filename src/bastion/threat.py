@@ -2,7 +2,8 @@
 
 ``LpThreat`` is an L-inf, L2 or L1 ball of radius ``eps`` around each input, intersected with the
 input box ``[lower, upper]``, optionally restricted to the features where ``mask`` is true.
-``eps`` is a float or a per-sample ``(N,)`` tensor.
+``eps`` is a float or a per-sample ``(N,)`` tensor; ``lower``/``upper`` are floats or per-feature tensors (one
+sample's shape, or anything that broadcasts to it: a standardized tabular data set has its own range per column).
 """
 
 from __future__ import annotations
@@ -18,8 +19,38 @@ from bastion.errors import InvalidInputError
 
 Norm = Literal["linf", "l2", "l1"]
 NORMS: tuple[Norm, ...] = ("linf", "l2", "l1")
+Bound = float | Tensor  # a box bound: one value for every feature, or a tensor of per-feature values
 Radius = Literal["volume", "uniform", "sphere"]  # how random starts spread over the ball (see sample_ball)
 _ORDER = {"linf": math.inf, "l2": 2.0, "l1": 1.0}
+
+
+def _check_box(lower: Bound, upper: Bound) -> None:
+    if not isinstance(lower, Tensor) and not isinstance(upper, Tensor):
+        if not lower < upper:
+            raise InvalidInputError(f"lower ({lower}) must be below upper ({upper}).")
+        return
+    lo, hi = torch.as_tensor(lower, dtype=torch.float64), torch.as_tensor(upper, dtype=torch.float64)
+    try:
+        gap = hi - lo
+    except RuntimeError:
+        raise InvalidInputError(
+            f"Per-feature bounds of shapes {tuple(lo.shape)} and {tuple(hi.shape)} do not broadcast; give both "
+            "bounds one sample's shape."
+        ) from None
+    if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+        raise InvalidInputError("Per-feature bounds must be finite; replace inf by the data's real range.")
+    if (gap < 0).any() or not (gap > 0).any():
+        bad = int((gap < 0).sum())
+        raise InvalidInputError(
+            f"Per-feature bounds need lower <= upper everywhere and some room to move ({bad} features have lower "
+            "above upper); compute them as the per-feature min and max of the data."
+        )
+
+
+def _as_bound(value: Bound, like: Tensor) -> Tensor:
+    """A bound as a tensor on ``like``'s device and dtype, shaped to broadcast over a batch of ``like``."""
+    t = torch.as_tensor(value).to(device=like.device, dtype=like.dtype)
+    return t.reshape(1, *t.shape) if 0 < t.dim() < like.dim() else t
 
 
 def _check_eps(eps: float | Tensor) -> None:
@@ -40,26 +71,54 @@ class LpThreat:
     Args:
         norm: ``"linf"``, ``"l2"`` or ``"l1"``.
         eps: radius; a float, or an ``(N,)`` tensor with one radius per sample.
-        lower, upper: the valid input range (images in [0, 1] by default).
+        lower, upper: the valid input range (images in [0, 1] by default): floats, or per-feature tensors of one
+            sample's shape (features whose lower equals upper cannot change).
         mask: optional boolean tensor of one sample's shape; only features where it is true may change.
     """
 
     norm: Norm
     eps: float | Tensor
-    lower: float = 0.0
-    upper: float = 1.0
+    lower: Bound = 0.0
+    upper: Bound = 1.0
     mask: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
             raise InvalidInputError(f"Unknown norm {self.norm!r}; use one of {', '.join(NORMS)}.")
         _check_eps(self.eps)
-        if not self.lower < self.upper:
-            raise InvalidInputError(f"lower ({self.lower}) must be below upper ({self.upper}).")
+        _check_box(self.lower, self.upper)
 
     @property
     def order(self) -> float:
         return _ORDER[self.norm]
+
+    @property
+    def per_feature(self) -> bool:
+        """Whether the box has per-feature (tensor) bounds."""
+        return isinstance(self.lower, Tensor) or isinstance(self.upper, Tensor)
+
+    def bounds(self, like: Tensor) -> tuple[Bound, Bound]:
+        """The box for a batch like ``like``: the two floats, or (per-feature bounds) two tensors on its device and
+        dtype that broadcast over the batch. ``clamp(*bounds)`` then works either way."""
+        if not self.per_feature:
+            return self.lower, self.upper
+        return _as_bound(self.lower, like), _as_bound(self.upper, like)
+
+    def flat_bounds(self, like: Tensor) -> tuple[Bound, Bound]:
+        """``bounds`` for ``like.flatten(1)``: floats, or ``(1, D)`` tensors."""
+        lower, upper = self.bounds(like)
+        if isinstance(lower, Tensor):
+            return lower.expand_as(like[:1]).flatten(1), upper.expand_as(like[:1]).flatten(1)  # type: ignore[union-attr]
+        return lower, upper
+
+    def clip(self, x: Tensor) -> Tensor:
+        """``x`` clipped to the box (a new tensor)."""
+        return x.clamp(*self.bounds(x))
+
+    def width(self) -> float:
+        """The box's mean side length (the side length itself for float bounds)."""
+        return float(torch.as_tensor(self.upper, dtype=torch.float64).sub(
+            torch.as_tensor(self.lower, dtype=torch.float64)).mean())
 
     def eps_for(self, inputs: Tensor) -> Tensor:
         """Per-sample radius as an ``(N,)`` tensor on ``inputs``' device and dtype."""
@@ -101,13 +160,13 @@ class LpThreat:
         work in its memory (same result; fewer new buffers keep the step's tensors in cache)."""
         mask = self._mask_for(inputs)
         if self.norm == "l2" and mask is None:
-            return _project_l2_box(x_adv, inputs, eps, self.lower, self.upper, overwrite=overwrite)
+            return _project_l2_box(x_adv, inputs, eps, *self.bounds(inputs), overwrite=overwrite)
         eps = eps.reshape(-1)
         delta = project_ball(x_adv - inputs, eps, self.norm)
         if mask is not None:
             delta = delta.masked_fill(~mask, 0.0)
         # Clipping to the box moves each coordinate towards inputs, so the norm can only shrink.
-        return (inputs + delta).clamp(self.lower, self.upper)
+        return (inputs + delta).clamp(*self.bounds(inputs))
 
     def linf_bounds(self, inputs: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
         """L-inf only: per-coordinate (lower, upper) of the threat set around ``inputs`` with radius ``eps``.
@@ -120,7 +179,8 @@ class LpThreat:
         if self.norm != "linf":
             raise ValueError(f"linf_bounds needs an L-inf threat, not {self.norm}")
         e = eps.view(-1, *([1] * (inputs.dim() - 1)))
-        lo, hi = (inputs - e).clamp_min(self.lower), (inputs + e).clamp_max(self.upper)
+        lower, upper = self.bounds(inputs)
+        lo, hi = (inputs - e).clamp_min(lower), (inputs + e).clamp_max(upper)
         mask = self._mask_for(inputs)
         if mask is not None:
             lo, hi = torch.where(mask, lo, inputs), torch.where(mask, hi, inputs)
@@ -130,7 +190,8 @@ class LpThreat:
         """Boolean ``(N,)``: which ``x_adv`` lie in the threat set (up to ``atol``)."""
         delta = x_adv - inputs
         inside = self.norm_of(delta) <= self.eps_for(inputs) * (1 + 1e-5) + atol
-        in_box = ((x_adv >= self.lower - atol) & (x_adv <= self.upper + atol)).flatten(1).all(1)
+        lower, upper = self.bounds(inputs)
+        in_box = ((x_adv >= lower - atol) & (x_adv <= upper + atol)).flatten(1).all(1)
         mask = self._mask_for(inputs)
         frozen_ok = torch.ones_like(inside)
         if mask is not None:
@@ -180,7 +241,7 @@ def project_ball(delta: Tensor, eps: Tensor, norm: Norm) -> Tensor:
     return _project_l1(delta, eps)
 
 
-def _project_l2_box(x_adv: Tensor, inputs: Tensor, eps: Tensor, lower: float, upper: float, *,
+def _project_l2_box(x_adv: Tensor, inputs: Tensor, eps: Tensor, lower: Bound, upper: Bound, *,
                     overwrite: bool = False) -> Tensor:
     """L2 ball of radius ``eps`` around ``inputs``, then the box: ``project_ball`` and the clip fused into four
     passes over the batch (difference, norm, scaled add, in-place clip) instead of seven; the hot path of the

@@ -21,11 +21,16 @@ def check_inputs(inputs: Tensor, threat: LpThreat) -> None:
         raise InvalidInputError(
             f"inputs contain {int(bad.sum())} NaN/inf values (samples {rows}...); clean or drop those samples."
         )
-    lo, hi = float(inputs.min()), float(inputs.max())
+    lower, upper = threat.bounds(inputs)
     tol = 1e-6
-    if lo < threat.lower - tol or hi > threat.upper + tol:
+    below, above = inputs < lower - tol, inputs > upper + tol
+    if below.any() or above.any():
+        lo, hi = float(inputs.min()), float(inputs.max())
+        where = "" if not threat.per_feature else \
+            f" per-feature ({int((below | above).flatten(1).any(0).sum())} features out of range)"
+        declared = f"[{threat.lower}, {threat.upper}]" if not threat.per_feature else "(per-feature bounds)"
         raise InvalidInputError(
-            f"inputs lie outside the declared bounds [{threat.lower}, {threat.upper}] (min {lo:.4g}, max {hi:.4g}). "
+            f"inputs lie outside the declared bounds {declared}{where} (min {lo:.4g}, max {hi:.4g}). "
             "bastion models take unnormalized inputs: move normalization into the model "
             "(bastion.zoo.Normalize) or declare the real bounds (--lower/--upper, LpThreat(lower=, upper=))."
         )

@@ -155,7 +155,7 @@ def _project(s: _State, point: Tensor, cfg: _Config, eps: Tensor) -> Tensor:
         # Per-sample eps of the working rows (the threat's own eps may be longer than the working batch).
         return t.project_radius(point, s.x, eps, overwrite=True)
     frozen = None if t.mask is None else ~t.mask.to(device=s.x.device, dtype=torch.bool).expand_as(s.x)
-    return s.x + project_l1_box(point - s.x, s.x, s.eps, t.lower, t.upper, frozen)
+    return s.x + project_l1_box(point - s.x, s.x, s.eps, *t.flat_bounds(s.x), frozen)
 
 
 def _move(s: _State, cfg: _Config, first: bool) -> Tensor:
@@ -169,7 +169,7 @@ def _move(s: _State, cfg: _Config, first: bool) -> Tensor:
     elif t.norm == "l2":
         z = _project(s, l2_ascent(s.x_cur, s.grad, per_sample(s.step, s.grad), out=s.grad), cfg, eps)
     else:
-        z = _project(s, s.x_cur + l1_step(s.grad, s.x_cur, s.step, s.topk, t.lower, t.upper), cfg, eps)
+        z = _project(s, s.x_cur + l1_step(s.grad, s.x_cur, s.step, s.topk, *t.flat_bounds(s.x)), cfg, eps)
     if first:  # a = 1: the point is z itself, already in the threat set
         return z
     # x + a (z - x) + (1 - a)(x - x_prev) = lerp(2 x - x_prev, z, a), and 2 x - x_prev = lerp(x_prev, x, 2)

@@ -7,8 +7,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from bastion.threat import Bound
 
-def project_l1_box(delta: Tensor, inputs: Tensor, eps: Tensor, lower: float, upper: float,
+
+def project_l1_box(delta: Tensor, inputs: Tensor, eps: Tensor, lower: Bound, upper: Bound,
                    frozen: Tensor | None = None, iters: int = 40) -> Tensor:
     """Exact Euclidean projection of ``delta`` onto {||d||_1 <= eps, lower <= inputs + d <= upper}.
 
@@ -33,7 +35,7 @@ def project_l1_box(delta: Tensor, inputs: Tensor, eps: Tensor, lower: float, upp
     return (flat.sign() * shrunk(hi)).view_as(delta)
 
 
-def l1_step(grad: Tensor, x_adv: Tensor, step: Tensor, topk: Tensor, lower: float, upper: float) -> Tensor:
+def l1_step(grad: Tensor, x_adv: Tensor, step: Tensor, topk: Tensor, lower: Bound, upper: Bound) -> Tensor:
     """Move the top-``topk`` fraction of coordinates (by |grad|) with equal magnitude, L1 length ``step``."""
     flat, xf = grad.flatten(1), x_adv.flatten(1)
     blocked = ((xf >= upper) & (flat > 0)) | ((xf <= lower) & (flat < 0))

@@ -124,7 +124,7 @@ def _candidates(x0: Tensor, current: Tensor, sph: Tensor, src: Tensor, threat: L
     offset = spherical - x0
     spherical = x0 + offset * per_sample(dist / offset.flatten(1).norm(dim=1).clamp_min(1e-12), offset)
     candidate = x0 + (spherical - x0) * per_sample(1 - src, spherical)
-    return spherical.clamp(threat.lower, threat.upper), candidate.clamp(threat.lower, threat.upper)
+    return threat.clip(spherical), threat.clip(candidate)
 
 
 def _adapt(sph: Tensor, src: Tensor, sph_rate: Tensor, src_rate: Tensor, rows: Tensor, factor: float) -> None:

@@ -27,7 +27,7 @@ from bastion.attacks.base import register_attack
 from bastion.attacks.losses import is_adversarial, margin
 from bastion.attacks.steps import select_rows
 from bastion.oracle import attribute
-from bastion.threat import LpThreat
+from bastion.threat import Bound, LpThreat
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
@@ -52,12 +52,15 @@ class _Search:
         self.const = torch.where(bounded, (self.low + self.high) / 2, self.const * 10)
 
 
-def to_tanh_space(x: Tensor, lower: float, upper: float) -> Tensor:
-    unit = (x - lower) / (upper - lower) * 2 - 1
+def to_tanh_space(x: Tensor, lower: Bound, upper: Bound) -> Tensor:
+    width = upper - lower
+    if isinstance(width, Tensor):  # per-feature bounds: a constant feature (width 0) maps to w = 0 and stays put
+        width = width.clamp_min(torch.finfo(x.dtype).tiny)
+    unit = (x - lower) / width * 2 - 1
     return torch.atanh(unit.clamp(-1, 1) * (1 - 1e-6))
 
 
-def from_tanh_space(w: Tensor, lower: float, upper: float) -> Tensor:
+def from_tanh_space(w: Tensor, lower: Bound, upper: Bound) -> Tensor:
     half = (upper - lower) / 2  # lower + (tanh(w) + 1) / 2 * (upper - lower), in three passes instead of five
     return torch.tanh(w) * half + (lower + half)
 
@@ -66,7 +69,7 @@ def _objective(model: nn.Module, w: Tensor, x: Tensor, y: Tensor, const: Tensor,
                frozen: Tensor | None, kappa: float, targeted: bool) -> tuple[Tensor, ...]:
     """One forward and backward: (objective, its gradient in w, candidate x', its squared L2, success)."""
     w = w.detach().requires_grad_(True)
-    x_adv = from_tanh_space(w, threat.lower, threat.upper)
+    x_adv = from_tanh_space(w, *threat.bounds(w))
     if frozen is not None:
         x_adv = torch.where(frozen, x, x_adv)
     logits = model(x_adv)
@@ -181,11 +184,11 @@ def carlini_wagner_l2(
         logits = model(x)
     clean = is_adversarial(logits, labels, targeted) & (margin(logits, labels, targeted) >= confidence)
     search.best_norm[clean] = 0.0  # already adversarial: the input itself is the minimal example
-    w0 = to_tanh_space(x, threat.lower, threat.upper)
+    w0 = to_tanh_space(x, *threat.bounds(x))
     for _ in range(binary_search_steps):
         succeeded = _minimize(
             model, x, labels, w0, search, threat, frozen, kappa=confidence, targeted=targeted,
             lr=learning_rate, max_iterations=max_iterations, abort_early=abort_early,
         )
         search.update(succeeded)
-    return search.best_adv.clamp(threat.lower, threat.upper).detach()
+    return threat.clip(search.best_adv).detach()

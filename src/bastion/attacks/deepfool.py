@@ -121,7 +121,7 @@ def deepfool(
         if keep_mask is not None:
             grads = grads * keep_mask[active][:, None]
         r = r + _step(diffs, grads, threat.norm)
-        xa = torch.add(xs, r, alpha=scale).clamp_(threat.lower, threat.upper)
+        xa = torch.add(xs, r, alpha=scale).clamp_(*threat.bounds(xs))
         # keep the accumulated step equal to what the box let through: a component clipped away at a
         # pixel's bound must not have to be undone by later steps before they take effect there
         r = (xa - xs).div_(scale)

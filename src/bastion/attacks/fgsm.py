@@ -44,6 +44,6 @@ def fgsm(
             moved = torch.addcmul(inputs, grad.sign(), per_sample(eps, inputs))
         else:
             moved = l2_ascent(inputs, grad, eps)
-        return moved.clamp_(threat.lower, threat.upper).detach()
+        return moved.clamp_(*threat.bounds(moved)).detach()
     step = lp_step(grad, eps, threat.norm)
     return threat.project(start + step, inputs).detach()

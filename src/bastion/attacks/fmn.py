@@ -65,11 +65,12 @@ def _movable(grad: Tensor, x_adv: Tensor, threat: LpThreat, keep: Tensor | None)
     tensor costs ~8 float multiplies); this runs once per iteration.
     """
     big = torch.finfo(grad.dtype).max
+    lower, upper = threat.bounds(x_adv)
     if big < 1e30:  # float16: B would clip ordinary gradients; keep the sign-based form
-        up, down = (threat.upper - x_adv).sign(), (x_adv - threat.lower).sign()
+        up, down = (upper - x_adv).sign(), (x_adv - lower).sign()
         grad = grad.clamp(min=0) * up + grad.clamp(max=0) * down
     else:
-        grad = grad.clamp((threat.lower - x_adv).mul_(big), (threat.upper - x_adv).mul_(big))
+        grad = grad.clamp((lower - x_adv).mul_(big), (upper - x_adv).mul_(big))
     return grad if keep is None else grad * keep
 
 
@@ -85,8 +86,8 @@ def _constrain(x: Tensor, delta: Tensor, eps: Tensor, threat: LpThreat) -> Tenso
     """``x + delta`` with ``delta`` rescaled onto the L2 sphere of radius ``eps`` (the reference code's
     rescaling; L-inf and L1: projected into the ball), then clipped to the box."""
     if threat.norm == "l2":  # x + eps * delta / ||delta||: the L2 ascent step along delta, of length eps
-        return l2_ascent(x, delta, eps).clamp_(threat.lower, threat.upper)
-    return (x + project_ball(delta, eps, threat.norm)).clamp_(threat.lower, threat.upper)
+        return l2_ascent(x, delta, eps).clamp_(*threat.bounds(x))
+    return (x + project_ball(delta, eps, threat.norm)).clamp_(*threat.bounds(x))
 
 
 @register_attack(
@@ -117,7 +118,8 @@ def fmn(
     x = inputs.detach()
     n, dual = x.shape[0], DUAL[threat.norm]
     keep = None if threat.mask is None else threat.mask.to(device=x.device, dtype=x.dtype).expand_as(x)
-    worst = threat.norm_of(torch.maximum(x - threat.lower, threat.upper - x))
+    lower, upper = threat.bounds(x)
+    worst = threat.norm_of(torch.maximum(x - lower, upper - x))
     x_adv = x.clone()
     eps = torch.full((n,), float("inf"), device=x.device, dtype=x.dtype)
     best_norm = torch.full_like(eps, float("inf"))

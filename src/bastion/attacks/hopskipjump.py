@@ -95,7 +95,7 @@ def _iterate(decide: Decider, x0: Tensor, starts: Tensor, found: Tensor, best: T
         xt, origin = current[rows], x0[rows]
         dist = _dist(xt - origin, norm)
         if t == 1:
-            delta = torch.full_like(dist, 0.1 * (threat.upper - threat.lower))
+            delta = torch.full_like(dist, 0.1 * threat.width())
         else:
             delta = (math.sqrt(d) if norm == "l2" else d) * theta * dist
         evals = min(int(init_evals * math.sqrt(t)), max_evals)
@@ -129,7 +129,7 @@ def _estimate(decide: Decider, xt: Tensor, rows: Tensor, delta: Tensor, evals: i
         u = u * mask[:, None]
     u = u / u.flatten(2).norm(dim=2).clamp_min(1e-12).view(a, evals, *([1] * (xt.dim() - 1)))
     dv = delta.view(a, 1, *([1] * (xt.dim() - 1)))
-    points = (xt[:, None] + dv * u).clamp(threat.lower, threat.upper)
+    points = threat.clip(xt[:, None] + dv * u)
     u = (points - xt[:, None]) / dv
     budget = torch.clamp(decide.left(rows) - 1, max=evals)
     valid = torch.arange(evals, device=xt.device)[None] < budget[:, None]  # (a, evals)
@@ -157,7 +157,7 @@ def _step_search(decide: Decider, xt: Tensor, direction: Tensor, eps: Tensor, ro
         if not open_.any():
             break
         view = e[open_].view(-1, *([1] * (xt.dim() - 1)))
-        candidate = (xt[open_] + view * direction[open_]).clamp(threat.lower, threat.upper)
+        candidate = threat.clip(xt[open_] + view * direction[open_])
         adv = decide(candidate, rows[open_])
         idx = open_.nonzero().squeeze(1)
         stepped[idx[adv]] = candidate[adv]

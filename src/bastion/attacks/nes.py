@@ -55,7 +55,7 @@ def nes(
         a = x.shape[0]
         u = torch.randn((a, half, *x.shape[1:]), generator=gen, device=x.device, dtype=x.dtype)
         u = torch.cat([u, -u], dim=1)
-        queries = (x[:, None] + sigma * u).clamp(threat.lower, threat.upper).flatten(0, 1)
+        queries = threat.clip(x[:, None] + sigma * u).flatten(0, 1)
         owner = torch.arange(a, device=x.device).repeat_interleave(2 * half)
         values = f(queries, owner).view(a, 2 * half)
         return (view_as_batch(values, u) * u).mean(1) / sigma, None

@@ -88,6 +88,7 @@ def _run(
     xa, xc, ya, sa, ea = start, x, y, step, threat.eps_for(x)
     # L-inf: the threat set is a box per coordinate, so each step is one fused add and one clamp.
     lo, hi = threat.linf_bounds(x, ea) if threat.norm == "linf" else (None, None)
+    lower, upper = threat.flat_bounds(x)
     best_x, best_loss = start, torch.full((x.shape[0],), float("-inf"), device=x.device)
     rows = index[pos].cpu()  # each working row's sample, for the pass counter (changes only on a shrink)
     with attribution(model) as point:
@@ -126,7 +127,7 @@ def _run(
             if threat.norm == "l2":
                 moved = l2_ascent(xa, grad, sa, out=grad)
             else:
-                moved = xa + lp_step(grad, sa, threat.norm, x=xa, lower=threat.lower, upper=threat.upper,
+                moved = xa + lp_step(grad, sa, threat.norm, x=xa, lower=lower, upper=upper,
                                      l1_sparsity=l1_sparsity)
             xa = threat.project_radius(moved, xc, ea, overwrite=True)
     return out, broken

@@ -57,7 +57,7 @@ def spsa(
         v = torch.randint(0, 2, (a, half, *x.shape[1:]), generator=gen, device=x.device).to(x.dtype) * 2 - 1
         pairs = torch.cat([x[:, None] + delta * v, x[:, None] - delta * v], dim=1)
         owner = torch.arange(a, device=x.device).repeat_interleave(2 * half)
-        values = f(pairs.clamp(threat.lower, threat.upper).flatten(0, 1), owner).view(a, 2, half)
+        values = f(threat.clip(pairs).flatten(0, 1), owner).view(a, 2, half)
         diff = (values[:, 0] - values[:, 1]) / (2 * delta)
         return (view_as_batch(diff, v) * v).mean(1), None
 

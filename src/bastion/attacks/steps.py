@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from bastion.threat import Norm, per_sample
+from bastion.threat import Bound, Norm, per_sample
 
 
 def select_rows(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
@@ -45,8 +45,8 @@ def lp_step(
     norm: Norm,
     *,
     x: Tensor | None = None,
-    lower: float = 0.0,
-    upper: float = 1.0,
+    lower: Bound = 0.0,
+    upper: Bound = 1.0,
     l1_sparsity: float = 0.99,
 ) -> Tensor:
     """The perturbation of Lp length ``step_size`` that increases a linear model with gradient ``grad`` most.

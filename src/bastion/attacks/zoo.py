@@ -67,7 +67,7 @@ def zoo(
         basis = torch.zeros((a, k, d), device=x.device, dtype=x.dtype)
         basis.scatter_(2, chosen[:, :, None], 1.0)
         flat = x.flatten(1)[:, None]
-        queries = torch.cat([flat + h * basis, flat - h * basis], dim=1).clamp(threat.lower, threat.upper)
+        queries = torch.cat([flat + h * basis, flat - h * basis], dim=1).clamp(*threat.flat_bounds(x))
         owner = torch.arange(a, device=x.device).repeat_interleave(2 * k)
         values = f(queries.view(a * 2 * k, *x.shape[1:]), owner).view(a, 2, k)
         partial = (values[:, 0] - values[:, 1]) / (2 * h)

@@ -85,7 +85,8 @@ def find_starts(
                 break
             noise = torch.rand(starts[todo].shape, generator=generator, device=inputs.device,
                                dtype=inputs.dtype)
-            noise = threat.lower + (threat.upper - threat.lower) * noise
+            lo, hi = threat.bounds(noise)
+            noise = lo + (hi - lo) * noise
             if mask is not None:
                 noise = torch.where(mask[todo], noise, inputs[todo])
             ok = decide(noise, todo)

@@ -207,7 +207,12 @@ def check_monotone(eps: list[float], accuracy: list[float], n: int) -> Flag:
                 {"eps": eps, "accuracy": accuracy})
 
 
-def box_covering_eps(norm: str, shape: tuple[int, ...], lower: float, upper: float) -> float:
-    """The smallest eps whose ball around any point covers the whole box."""
+def box_covering_eps(norm: str, shape: tuple[int, ...], lower: float | Tensor, upper: float | Tensor) -> float:
+    """The smallest eps whose ball around any point covers the whole box (per-feature bounds: the Lp norm of the
+    vector of side lengths)."""
+    if isinstance(lower, Tensor) or isinstance(upper, Tensor):
+        sides = torch.as_tensor(upper, dtype=torch.float64) - torch.as_tensor(lower, dtype=torch.float64)
+        order = {"linf": math.inf, "l2": 2.0, "l1": 1.0}[norm]
+        return float(torch.linalg.vector_norm(sides.expand(1, *shape).flatten(), order))
     d, width = math.prod(shape), upper - lower
     return {"linf": width, "l2": width * math.sqrt(d), "l1": width * d}[norm]

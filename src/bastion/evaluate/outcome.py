@@ -37,6 +37,6 @@ def outcome_checks(setup: Setup, adapt: Adaptation, config: EvalConfig, points: 
         at_eps = curve[EPS_MULTIPLES.index(1.0)]
         single = robust(base, "fgsm")
         flags.append(check_single_step(~at_eps, ~single))
-    big = box_covering_eps(threat.norm, tuple(x.shape[1:]), threat.lower, threat.upper)
+    big = box_covering_eps(threat.norm, tuple(x.shape[1:]), *threat.bounds(x))
     flags.append(check_unbounded(float(robust(big, n_iter=iters).float().mean()), big, 1.0 / setup.num_classes))
     return flags

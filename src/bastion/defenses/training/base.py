@@ -172,6 +172,7 @@ def perturb(
     budget = torch.full((x.shape[0],), steps, device=x.device)
     taken = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
     iterations = 0
+    lower, upper = threat.flat_bounds(x)
     with eval_mode(model):
         for t in range(steps):
             moving = taken == t if early_stop_tau is None else (taken == t) & (budget > t)
@@ -186,7 +187,7 @@ def perturb(
                 budget = torch.where(wrong, torch.full_like(budget, t + early_stop_tau), budget)
                 moving = moving & (budget > t)
             moved = x_adv.detach() + lp_step(grad, step, threat.norm, x=x_adv.detach(),
-                                             lower=threat.lower, upper=threat.upper)
+                                             lower=lower, upper=upper)
             x_adv = torch.where(moving.view(-1, *([1] * (x.dim() - 1))), threat.project(moved, x), x_adv.detach())
             taken = taken + moving.long()
     return x_adv.detach(), iterations

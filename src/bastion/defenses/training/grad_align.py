@@ -43,5 +43,5 @@ def grad_align_penalty(model: nn.Module, x: Tensor, y: Tensor, threat: LpThreat,
     eps = threat.eps_for(x).view(-1, *([1] * (x.dim() - 1)))
     eta = (2 * uniform_like(ctx, x, SALT) - 1) * eps
     g_clean = _input_grad(model, x, y)
-    g_noisy = _input_grad(model, (x + eta).clamp(threat.lower, threat.upper), y)
+    g_noisy = _input_grad(model, threat.clip(x + eta), y)
     return 1.0 - F.cosine_similarity(g_clean, g_noisy, dim=1, eps=1e-12)

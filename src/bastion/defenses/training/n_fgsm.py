@@ -27,10 +27,10 @@ def n_fgsm_examples(model: nn.Module, x: Tensor, y: Tensor, threat: LpThreat, ct
     if threat.norm != "linf":
         raise ValueError("N-FGSM is defined for the L-inf threat model; use guard='none' for other norms.")
     eps = threat.eps_for(x).view(-1, *([1] * (x.dim() - 1)))
-    start = (x + (2 * uniform_like(ctx, x) - 1) * noise_factor * eps).clamp(threat.lower, threat.upper)
+    start = (x + (2 * uniform_like(ctx, x) - 1) * noise_factor * eps).clamp(*threat.bounds(x))
     with eval_mode(model):
         xa = start.detach().requires_grad_(True)
         loss = F.cross_entropy(model(xa), y, reduction="sum")
         (grad,) = torch.autograd.grad(loss, xa)
     step = lp_step(grad, threat.eps_for(x) * step_factor, "linf")
-    return (start + step).clamp(threat.lower, threat.upper).detach()
+    return (start + step).clamp(*threat.bounds(x)).detach()
