@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from bastion.data import load_dataset
 from bastion.defenses.training import METHODS, Recipe, StepContext, adversarial_train, load_recipe
-from bastion.evaluate.runner import run_attack
+from bastion.evaluation.runner import run_attack
 from bastion.threat import LpThreat
 from bastion.zoo import build_model, load_model
 from bastion.zoo.train import init_model

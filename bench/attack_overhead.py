@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 import common
-from bastion.evaluate.runner import Adaptation, run_attack
+from bastion.evaluation.runner import Adaptation, run_attack
 from bastion.threat import LpThreat
 
 HYPER = {"pgd": {"steps": 40}, "apgd": {"loss": "ce", "n_iter": 100}}

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 import common
-from bastion.evaluate.suite import run_suite
+from bastion.evaluation.suite import run_suite
 from bastion.threat import LpThreat
 
 common.setup()

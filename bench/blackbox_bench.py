@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 import common
 from bastion.blackbox.metrics import queries_to_success, query_curve
-from bastion.evaluate.runner import run_attack
+from bastion.evaluation.runner import run_attack
 from bastion.threat import LpThreat
 
 common.setup()

@@ -29,7 +29,7 @@ from bastion.certify import smoothing
 from bastion.certify.job import CertifyConfig, certify_run
 from bastion.certify.train import CertTrainConfig, train_certified
 from bastion.data import load_dataset
-from bastion.evaluate.store import Store
+from bastion.evaluation.store import Store
 from bastion.zoo import load_model
 
 SIGMAS = (0.25, 0.5, 1.0)

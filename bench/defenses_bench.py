@@ -27,9 +27,9 @@ from bastion.data import load_dataset
 from bastion.defenses.inference import accuracy, build_defense, false_rejection_rate, train_distilled
 from bastion.defenses.inference.base import median_latency
 from bastion.defenses.inference.detectors import detector_aware_surrogate
-from bastion.evaluate.adaptive import build_adaptation, probe
-from bastion.evaluate.runner import Adaptation, run_attack
-from bastion.evaluate.suite import run_suite
+from bastion.evaluation.adaptive import build_adaptation, probe
+from bastion.evaluation.runner import Adaptation, run_attack
+from bastion.evaluation.suite import run_suite
 from bastion.threat import LpThreat
 from bastion.zoo import load_model
 

@@ -26,9 +26,9 @@ import common
 from bastion.data import load_dataset
 from bastion.defenses.inference import build_defense
 from bastion.defenses.inference.detectors import detector_aware_surrogate
-from bastion.evaluate.adaptive import build_adaptation
-from bastion.evaluate.runner import Adaptation
-from bastion.evaluate.suite import run_suite
+from bastion.evaluation.adaptive import build_adaptation
+from bastion.evaluation.runner import Adaptation
+from bastion.evaluation.suite import run_suite
 from bastion.threat import LpThreat
 from bastion.zoo import load_model
 
@@ -67,7 +67,7 @@ def main() -> None:
 
 
 def _bpda(det: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[str]:
-    from bastion.evaluate.adaptive import probe
+    from bastion.evaluation.adaptive import probe
 
     return probe(det, x[:64], y[:64], LpThreat("l2", 2.0))[0]["bpda_modules"]
 

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 import common
-from bastion.evaluate.runner import Adaptation, run_attack
+from bastion.evaluation.runner import Adaptation, run_attack
 from bastion.threat import LpThreat
 
 common.setup()

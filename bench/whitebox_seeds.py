@@ -22,7 +22,7 @@ import torch
 
 import common
 import whitebox_bench as wb
-from bastion.evaluate.runner import run_attack
+from bastion.evaluation.runner import run_attack
 from bastion.threat import LpThreat
 
 

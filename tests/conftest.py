@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from bastion.data import load_dataset
-from bastion.evaluate.store import Store
+from bastion.evaluation.store import Store
 from bastion.zoo.train import TrainConfig, train_and_save
 
 

@@ -74,7 +74,7 @@ def test_targeted_mode_goes_for_the_target(name: str, norm: str) -> None:
     """With ``targeted=True`` every attack steers towards the given class: through the runner it reaches more of
     the targets than its untargeted run happens to land on, and a success always means the target class (minimum-norm
     attacks also count a success only within eps)."""
-    from bastion.evaluate.runner import choose_targets, run_attack
+    from bastion.evaluation.runner import choose_targets, run_attack
 
     model, (x, _) = _model(), _points()
     with torch.no_grad():

@@ -62,7 +62,7 @@ def test_attack_command_with_params(digits_checkpoint: Path, tmp_path: Path) -> 
 def test_targeted_attack_command_reaches_the_stored_targets(digits_checkpoint: Path, digits_model,
                                                             tmp_path: Path) -> None:
     from bastion.data import load_dataset
-    from bastion.evaluate.store import Store
+    from bastion.evaluation.store import Store
 
     db = tmp_path / "s.sqlite"
     code, out = invoke("attack", "pgd", "--model", str(digits_checkpoint), "--n", "40", "--eps", "0.3",

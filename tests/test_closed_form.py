@@ -11,7 +11,7 @@ import pytest
 import torch
 from tests.conftest import linear_model
 
-from bastion.evaluate.runner import run_attack
+from bastion.evaluation.runner import run_attack
 from bastion.threat import LpThreat
 
 DUAL = {"linf": 1.0, "l2": 2.0, "l1": float("inf")}

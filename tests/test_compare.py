@@ -12,7 +12,7 @@ from bastion.compare.config import load_compare
 from bastion.compare.run import Event, run_compare
 from bastion.compare.table import write_outputs
 from bastion.errors import InvalidInputError
-from bastion.evaluate.store import Store
+from bastion.evaluation.store import Store
 
 TINY = {
     "name": "tiny",

@@ -10,7 +10,7 @@ from torch import nn
 
 from bastion.attacks.base import AttackSpec
 from bastion.errors import InvalidInputError
-from bastion.evaluate.runner import run_attack
+from bastion.evaluation.runner import run_attack
 from bastion.threat import LpThreat
 
 
@@ -125,7 +125,7 @@ def test_rejection_aware_accounting(digits_model: nn.Module, digits_points) -> N
 
 def test_choose_targets_never_picks_the_label_and_repeats_with_the_seed(digits_model: nn.Module,
                                                                       digits_points) -> None:
-    from bastion.evaluate.runner import choose_targets
+    from bastion.evaluation.runner import choose_targets
 
     x, y = digits_points
     draw = [choose_targets(digits_model, x, y, "random", 10, torch.Generator().manual_seed(3)) for _ in range(2)]

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from bastion.errors import UnknownNameError
-from bastion.evaluate.config import EvalConfig
-from bastion.evaluate.job import Progress, evaluate
-from bastion.evaluate.store import Store
+from bastion.evaluation.config import EvalConfig
+from bastion.evaluation.job import Progress, evaluate
+from bastion.evaluation.store import Store
 
 
 class Killed(Exception):

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from bastion.evaluate import suite
-from bastion.evaluate.adaptive import build_adaptation, probe
-from bastion.evaluate.runner import Adaptation, run_attack
-from bastion.evaluate.suite import (
+from bastion.evaluation import suite
+from bastion.evaluation.adaptive import build_adaptation, probe
+from bastion.evaluation.runner import Adaptation, run_attack
+from bastion.evaluation.suite import (
     SQUARE_CANARY,
     Canary,
     Stage,
@@ -243,7 +243,7 @@ def test_combine_keeps_the_last_outcome_and_every_pass(digits_model: nn.Module, 
 
 
 def test_black_box_flag_says_when_only_a_canary_sample_ran() -> None:
-    from bastion.evaluate.diagnostics import check_black_box
+    from bastion.evaluation.diagnostics import check_black_box
 
     silent = check_black_box(0, attacked=32, candidates=181)
     assert not silent.fired and "32 of 181" in silent.evidence and silent.numbers["candidates"] == 181

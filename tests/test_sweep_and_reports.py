@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from bastion.evaluate.config import EvalConfig
-from bastion.evaluate.job import evaluate
-from bastion.evaluate.report import write_reports
-from bastion.evaluate.store import Store
-from bastion.evaluate.sweep import SweepConfig, aggregate, run_sweep
+from bastion.evaluation.config import EvalConfig
+from bastion.evaluation.job import evaluate
+from bastion.evaluation.report import write_reports
+from bastion.evaluation.store import Store
+from bastion.evaluation.sweep import SweepConfig, aggregate, run_sweep
 
 
 def _sweep(checkpoint: Path) -> SweepConfig:

@@ -11,7 +11,20 @@ try:
 except PackageNotFoundError:  # running from a source tree without install
     __version__ = "0.0.0+source"
 
+from typing import Any
+
 from bastion.errors import BastionError
 from bastion.threat import LpThreat
 
-__all__ = ["BastionError", "LpThreat", "__version__"]
+_API = ("Report", "attack", "evaluate")  # bastion.api, imported on first use so `import bastion` stays light
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        from bastion import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'bastion' has no attribute {name!r}")
+
+
+__all__ = ["BastionError", "LpThreat", "Report", "__version__", "attack", "evaluate"]

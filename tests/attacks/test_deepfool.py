@@ -23,7 +23,7 @@ def test_linear_model_lands_at_the_closed_form_times_overshoot(helpers, classes:
 
 @pytest.mark.parametrize("norm", ["l2", "linf"])
 def test_no_backward_passes_once_every_point_is_adversarial(helpers, norm: str) -> None:
-    from bastion.evaluate.runner import run_attack
+    from bastion.evaluation.runner import run_attack
 
     model, x = helpers.linear_model(5), helpers.linear_points()
     y = model(x).argmax(1)

@@ -13,7 +13,7 @@ from bastion.certify import job as certify_job
 from bastion.certify.job import CertifyConfig, certify_run
 from bastion.certify.report import write_reports
 from bastion.certify.train import CertTrainConfig, train_certified
-from bastion.evaluate.store import Store
+from bastion.evaluation.store import Store
 
 
 @pytest.fixture(scope="module")

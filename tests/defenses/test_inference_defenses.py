@@ -10,8 +10,8 @@ from torch import nn
 
 from bastion.data import load_dataset
 from bastion.defenses.inference import DEFENSES, accuracy, build_defense, build_pipeline
-from bastion.evaluate.adaptive import probe
-from bastion.evaluate.diagnostics import check_randomness
+from bastion.evaluation.adaptive import probe
+from bastion.evaluation.diagnostics import check_randomness
 from bastion.threat import LpThreat
 
 THREAT = LpThreat("linf", 0.3)

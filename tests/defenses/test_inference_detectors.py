@@ -8,7 +8,7 @@ import torch
 from bastion.attacks.base import AttackSpec
 from bastion.data import load_dataset
 from bastion.defenses.inference import build_defense, false_rejection_rate
-from bastion.evaluate.runner import run_attack
+from bastion.evaluation.runner import run_attack
 from bastion.threat import LpThreat
 
 DETECTORS = ["feature-squeezing-detector", "mahalanobis-detector"]
@@ -82,8 +82,8 @@ def test_the_suite_attacks_a_detector_both_ways(digits_model, digits_points, cal
     """The probe marks a detector; the suite then runs its white-box stages on the plan's view *and* on the
     detector-aware surrogate (He et al. 2017), and the per-point worst case is no weaker than either alone."""
     from bastion.defenses.inference.detectors import JointSurrogate
-    from bastion.evaluate.adaptive import build_adaptation, detector_adaptation, probe
-    from bastion.evaluate.suite import run_suite
+    from bastion.evaluation.adaptive import build_adaptation, detector_adaptation, probe
+    from bastion.evaluation.suite import run_suite
 
     x, y = digits_points
     det = build_defense("feature-squeezing-detector", digits_model, data=cal, bits=0, median=2)

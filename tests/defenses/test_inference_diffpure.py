@@ -8,7 +8,7 @@ import torch
 from bastion.data import load_dataset
 from bastion.defenses.inference import accuracy, build_defense
 from bastion.defenses.inference.diffpure import load_ddpm
-from bastion.evaluate.adaptive import probe
+from bastion.evaluation.adaptive import probe
 from bastion.threat import LpThreat
 from bastion.zoo import load_model
 

@@ -6,8 +6,8 @@ import torch
 
 from bastion.data import load_dataset
 from bastion.defenses.inference import accuracy, train_distilled
-from bastion.evaluate.adaptive import probe
-from bastion.evaluate.runner import run_attack
+from bastion.evaluation.adaptive import probe
+from bastion.evaluation.runner import run_attack
 from bastion.threat import LpThreat
 
 

@@ -6,7 +6,7 @@ An attack is a function::
 
 that returns adversarial examples of ``inputs``' shape, dtype and device. With ``targeted=True``
 ``labels`` are the target classes. Attacks never mutate ``inputs``, never move the model and draw
-randomness only from ``generator``. Success is decided by the runner (``bastion.evaluate.runner``),
+randomness only from ``generator``. Success is decided by the runner (``bastion.evaluation.runner``),
 not by the attack: it re-projects every returned example onto the threat model and re-classifies it.
 
 ``goal="budget"`` attacks look for any adversarial example inside ``threat``; ``goal="minimal"``

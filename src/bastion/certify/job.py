@@ -5,7 +5,7 @@ smoothing, IBP, CROWN / CROWN-IBP bounds or a 1-Lipschitz margin certificate) an
 the same points, so that the summary puts the guarantee (certified accuracy, a lower bound on the true robust
 accuracy) next to the attack's robust accuracy (an upper bound) at every radius of ``radii``.
 
-Resuming follows ``bastion.evaluate.job``: runs have kind ``"certify"`` and a key hashed from the full
+Resuming follows ``bastion.evaluation.job``: runs have kind ``"certify"`` and a key hashed from the full
 configuration; each batch of points is processed in two parts, ``"certify"`` and ``"attack"``, each written in
 its own transaction with its own generators (seeded from the run seed, the batch number and the part), so a
 killed run resumes at the first unfinished (batch, part) and gives the same numbers as an uninterrupted run.
@@ -53,9 +53,9 @@ from bastion.certify import crown, ibp, lipschitz, smoothing
 from bastion.certify.config import CertifyConfig
 from bastion.data import load_dataset
 from bastion.errors import InvalidInputError
-from bastion.evaluate.job import environment
-from bastion.evaluate.runner import run_attack
-from bastion.evaluate.store import Store
+from bastion.evaluation.job import environment
+from bastion.evaluation.runner import run_attack
+from bastion.evaluation.store import Store
 from bastion.threat import LpThreat
 from bastion.zoo import load_model
 

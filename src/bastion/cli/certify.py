@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from bastion.cli.common import console, err, friendly, progress_bar
+from bastion.cli.common import console, err, friendly, parse_params, progress_bar
 
 
 def _floats(text: str | None, what: str) -> list[float] | None:
@@ -22,23 +21,6 @@ def _floats(text: str | None, what: str) -> list[float] | None:
 
         raise InvalidInputError(f"{what} {text!r} is not a comma-separated list of numbers; e.g. 0.1,0.2,0.3") from None
     return values
-
-
-def _params(items: list[str]) -> dict[str, Any] | None:
-    from bastion.errors import InvalidInputError
-
-    if not items:
-        return None
-    params: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise InvalidInputError(f"--param {item!r} is not KEY=VALUE; e.g. --param n_iter=50")
-        try:
-            params[key] = json.loads(value)
-        except json.JSONDecodeError:
-            params[key] = value
-    return params
 
 
 @friendly
@@ -69,8 +51,8 @@ def certify_cmd(
     from bastion.certify.job import CertifyConfig, CertifyProgress, certify_run
     from bastion.certify.report import write_reports
     from bastion.errors import InvalidInputError
-    from bastion.evaluate.job import default_report_dir
-    from bastion.evaluate.store import Store
+    from bastion.evaluation.job import default_report_dir
+    from bastion.evaluation.store import Store
 
     methods = ("smoothing", "ibp", "crown", "lipschitz")
     if method not in methods:
@@ -90,7 +72,7 @@ def certify_cmd(
     config = CertifyConfig(
         method=method, model=model, dataset=dataset, split=split, n=n, eps=eps, radii=_floats(radii, "--radii"),
         norm=norm, sigma=sigma, preset=preset, n0=n0, samples=samples, alpha=alpha, bound=bound, attack=attack,
-        attack_params=_params(param), batch_size=batch_size, seed=seed,
+        attack_params=parse_params(param, "--param") or None, batch_size=batch_size, seed=seed,
     )
     st = Store(store)
     with progress_bar() as bar:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -10,9 +11,10 @@ from typing import Any, TypeVar
 import typer
 from pydantic import ValidationError
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress
 
 from bastion.errors import BastionError
+from bastion.progress import progress_bar as _progress_bar
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -43,7 +45,29 @@ def friendly(fn: F) -> F:
 
 
 def progress_bar() -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=err)
+    return _progress_bar(err)
 
 
+def parse_params(items: list[str], option: str = "-p") -> dict[str, Any]:
+    """The one ``-p KEY=VALUE`` parser of every command: VALUE is read as JSON (numbers, true/false, lists),
+    else kept as a string."""
+    params: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise BastionError(f"{option} {item!r} is not KEY=VALUE; e.g. {option} steps=50")
+        try:
+            params[key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key] = value
+    return params
+
+
+def parse_number(text: str, option: str) -> float:
+    """A number or a fraction (``0.3``, ``8/255``) given on the command line."""
+    num, sep, den = text.partition("/")
+    try:
+        value = float(num) / float(den) if sep else float(num)
+    except (ValueError, ZeroDivisionError):
+        raise BastionError(f"{option} {text!r} is not a number; give e.g. 0.3 or 8/255.") from None
+    return value

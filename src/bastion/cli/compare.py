@@ -29,7 +29,7 @@ def compare_cmd(
     from bastion.compare.config import load_compare
     from bastion.compare.run import Event, measurements, run_compare, waves
     from bastion.compare.table import write_outputs
-    from bastion.evaluate.store import Store
+    from bastion.evaluation.store import Store
 
     cfg = load_compare(config, quick=quick)
     st = Store(store)

@@ -8,25 +8,10 @@ from typing import Any
 
 import typer
 
-from bastion.cli.common import console, err, friendly
+from bastion.cli.common import console, err, friendly, parse_params
 
 defend_app = typer.Typer(help="Inference-time defenses: list them, or build one and evaluate it honestly.",
                          no_args_is_help=True)
-
-
-def _params(items: list[str]) -> dict[str, Any]:
-    from bastion.errors import InvalidInputError
-
-    params: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise InvalidInputError(f"-p {item!r} is not KEY=VALUE; e.g. -p bits=1")
-        try:
-            params[key] = json.loads(value)
-        except json.JSONDecodeError:
-            params[key] = value
-    return params
 
 
 @defend_app.command("list")
@@ -57,9 +42,9 @@ def evaluate_defense(defended: Any, base: Any, x: Any, y: Any, threat: Any, *, v
     from bastion.defenses.inference import accuracy, false_rejection_rate
     from bastion.defenses.inference.base import median_latency
     from bastion.defenses.inference.detectors import detector_aware_surrogate
-    from bastion.evaluate.adaptive import build_adaptation, probe
-    from bastion.evaluate.runner import Adaptation
-    from bastion.evaluate.suite import run_suite
+    from bastion.evaluation.adaptive import build_adaptation, probe
+    from bastion.evaluation.runner import Adaptation
+    from bastion.evaluation.suite import run_suite
 
     row: dict[str, Any] = {"clean_accuracy_base": accuracy(base, x, y), "clean_accuracy": accuracy(defended, x, y),
                            "false_rejection_rate": false_rejection_rate(defended, x)}
@@ -111,7 +96,7 @@ def evaluate_cmd(
     spec = DEFENSES.get(defense)
     base, meta = load_model(model)
     data = load_dataset(meta.dataset, seed=seed)
-    params = _params(param)
+    params = parse_params(param)
     if spec.needs_data and "data" not in params:
         params["data"] = data.train if spec.kind in ("distillation", "ensemble") else data.val
     err.print(f"building {defense} around {model} ...")

@@ -16,7 +16,7 @@ runs_app = typer.Typer(help="The results store.", no_args_is_help=True)
 @friendly
 def runs_list(limit: int = 20, store: Path | None = typer.Option(None)) -> None:
     """List recorded runs, newest first."""
-    from bastion.evaluate.store import Store
+    from bastion.evaluation.store import Store
 
     table = Table("kind", "status", "model", "data", "threat", "attack", "clean", "robust")
     table.columns.insert(0, Column("run", no_wrap=True))
@@ -33,8 +33,8 @@ def runs_list(limit: int = 20, store: Path | None = typer.Option(None)) -> None:
 @friendly
 def runs_show(run_id: str, store: Path | None = typer.Option(None)) -> None:
     """Show one run's configuration, environment and summary as JSON."""
-    from bastion.evaluate.report import report_dict
-    from bastion.evaluate.store import Store
+    from bastion.evaluation.report import report_dict
+    from bastion.evaluation.store import Store
 
     console.print_json(json.dumps(report_dict(Store(store).get_run(run_id))))
 
@@ -43,9 +43,9 @@ def runs_show(run_id: str, store: Path | None = typer.Option(None)) -> None:
 def report(run_id: str, store: Path | None = typer.Option(None),
            out: Path | None = typer.Option(None, help="folder for the reports (default: beside the store)")) -> None:
     """Render the JSON, Markdown and HTML reports of any stored run."""
-    from bastion.evaluate.job import default_report_dir
-    from bastion.evaluate.report import write_reports
-    from bastion.evaluate.store import Store
+    from bastion.evaluation.job import default_report_dir
+    from bastion.evaluation.report import write_reports
+    from bastion.evaluation.store import Store
 
     st = Store(store)
     run = st.get_run(run_id)

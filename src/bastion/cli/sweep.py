@@ -21,8 +21,8 @@ def sweep_cmd(
     out: Path | None = typer.Option(None, help="write the aggregated table as JSON here"),
 ) -> None:
     """Evaluate every (model x threat x eps x shard) job; finished jobs are skipped, so a killed sweep resumes."""
-    from bastion.evaluate.store import Store
-    from bastion.evaluate.sweep import JobDone, aggregate, load_sweep, run_sweep
+    from bastion.evaluation.store import Store
+    from bastion.evaluation.sweep import JobDone, aggregate, load_sweep, run_sweep
 
     sweep = load_sweep(config)
     total = len(sweep.jobs())

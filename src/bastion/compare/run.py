@@ -1,6 +1,6 @@
 """Run a comparison: build the defenses in dependency waves, then every measurement, on Dask.
 
-Jobs go through ``bastion.evaluate.sweep.execute`` (a LocalCluster on 127.0.0.1 by default, a given
+Jobs go through ``bastion.evaluation.sweep.execute`` (a LocalCluster on 127.0.0.1 by default, a given
 scheduler, or ``sync`` for in-process). Every finished job is a run in the results store -- builds as
 ``compare-build`` runs, measurements as ordinary ``evaluate`` and ``certify`` runs -- and a job whose run is
 already finished (and whose files are still there) is skipped, so a killed comparison resumes without
@@ -18,8 +18,8 @@ from typing import Any
 
 from bastion.compare.build import BUILD_KIND, build_entry, build_key, checkpoint_path, dependencies, module_path
 from bastion.compare.config import CompareConfig, DefenseEntry, ThreatSpec, spec_hash
-from bastion.evaluate.config import EvalConfig
-from bastion.evaluate.store import Store
+from bastion.evaluation.config import EvalConfig
+from bastion.evaluation.store import Store
 
 COMPARE_KIND = "compare"
 
@@ -152,7 +152,7 @@ def measure_job(payload: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(Path(tmp) / "job.sqlite")
         if payload["kind"] == "evaluate":
-            from bastion.evaluate.job import evaluate
+            from bastion.evaluation.job import evaluate
 
             run_id = evaluate(EvalConfig(**payload["config"]), store).run_id
         else:
@@ -177,7 +177,7 @@ def run_compare(
 ) -> CompareResult:
     """Build every defense and run every measurement not yet finished in ``store``; record the comparison."""
     from bastion.compare.table import summarize
-    from bastion.evaluate.sweep import dask_client
+    from bastion.evaluation.sweep import dask_client
 
     workdir = Path(workdir) / config.name
     result = CompareResult("")
@@ -194,7 +194,7 @@ def run_compare(
 
 
 def _env() -> dict[str, Any]:
-    from bastion.evaluate.job import environment
+    from bastion.evaluation.job import environment
 
     return environment()
 
@@ -223,7 +223,7 @@ class _LazyClient:
 
 def _build_all(config: CompareConfig, store: Store, workdir: Path, client: _LazyClient, result: CompareResult,
                on_event: Callable[[Event], None] | None) -> None:
-    from bastion.evaluate.sweep import execute
+    from bastion.evaluation.sweep import execute
 
     total, done = len(config.defenses), 0
     for wave in waves(config):
@@ -253,7 +253,7 @@ def _build_all(config: CompareConfig, store: Store, workdir: Path, client: _Lazy
 
 def _measure_all(config: CompareConfig, store: Store, workdir: Path, client: _LazyClient, result: CompareResult,
                  on_event: Callable[[Event], None] | None) -> None:
-    from bastion.evaluate.sweep import execute
+    from bastion.evaluation.sweep import execute
 
     jobs = measurements(config, workdir)
     found: dict[int, str] = {}

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bastion.compare.config import CompareConfig
-from bastion.evaluate.store import Store
+from bastion.evaluation.store import Store
 
 GAP_BYPASS = 0.05  # adaptive evaluation lowers robust accuracy by 5 points or more: "bypassed by adaptive attacks"
 CLEAN_PRICE = 0.02  # clean accuracy drops by 2 points or more
@@ -302,7 +302,7 @@ def _write_run_report(store: Store, rid: str, target: Path) -> None:
     import json
 
     from bastion.certify.report import report_markdown as certify_markdown
-    from bastion.evaluate.report import report_dict, report_markdown
+    from bastion.evaluation.report import report_dict, report_markdown
 
     run = store.get_run(rid)
     target.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ every attack and the evaluation run on it unchanged. A registry entry is a build
 threshold, a gating network, distillation) take it as ``data=Split`` and say so with ``needs_data=True``.
 
 Preprocessors are separate *leaf* modules (``Preprocessed.preprocess``) so that the evaluation's
-diagnostics (``bastion.evaluate.diagnostics.find_nondifferentiable``) find the ones that block gradients
+diagnostics (``bastion.evaluation.diagnostics.find_nondifferentiable``) find the ones that block gradients
 and the adaptive evaluation replaces them by BPDA. A non-differentiable step returns its value with an
 exactly-zero gradient (``zero_gradient``) -- the a.e. derivative of a piecewise-constant map -- rather
 than cutting the graph.

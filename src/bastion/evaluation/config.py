@@ -12,6 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 TargetChoice = Literal["random", "least-likely"]  # how a targeted run picks each point's target class
 
 
+_ADDED_NONE = ("weights", "data", "label_column", "lower", "upper")
+
+
 class EvalConfig(BaseModel):
     """One evaluation: a model, data points, a threat model, and either the standard suite or one attack.
 
@@ -21,7 +24,13 @@ class EvalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: str = "mnist-cnn"
+    weights: str | None = Field(None, description="weights for a model given as code (file.py:attr, pkg.mod:attr)")
     dataset: str | None = None
+    data: str | None = Field(None, description="a user's data file or folder (.npz, .pt, .csv, image folder) "
+                                               "instead of a registered data set")
+    label_column: str | None = Field(None, description="CSV data: the label column (default: label/class/target/y)")
+    lower: float | None = Field(None, description="override the inferred lower bound of user data")
+    upper: float | None = Field(None, description="override the inferred upper bound of user data")
     split: Literal["train", "val", "test"] = "test"
     n: int = Field(1000, gt=0, description="number of points, taken from the split starting at offset")
     offset: int = Field(0, ge=0, description="index of the first point (sweeps shard a split this way)")
@@ -69,6 +78,9 @@ class EvalConfig(BaseModel):
         fields = self.model_dump(mode="json")
         for name in ("adaptive", "outcome_checks"):  # runs stored before these fields existed keep their key
             if fields[name]:
+                fields.pop(name)
+        for name in _ADDED_NONE:  # likewise for fields added later, while they are unset
+            if fields[name] is None:
                 fields.pop(name)
         if not self.targeted:  # the same for the target choice, which only targeted runs use
             fields.pop("targets")

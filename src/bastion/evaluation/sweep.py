@@ -26,9 +26,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from bastion.errors import InvalidInputError
-from bastion.evaluate.config import EvalConfig
-from bastion.evaluate.job import KIND, evaluate
-from bastion.evaluate.store import Store
+from bastion.evaluation.config import EvalConfig
+from bastion.evaluation.job import KIND, evaluate
+from bastion.evaluation.store import Store
 
 
 class ThreatSpec(BaseModel):
@@ -100,7 +100,7 @@ def _pending(jobs: list[EvalConfig], store: Store) -> Iterator[tuple[EvalConfig,
 
 
 def _full_key(job: EvalConfig) -> str:
-    from bastion.evaluate.job import prepare
+    from bastion.evaluation.job import prepare
 
     return prepare(job).config.key()
 

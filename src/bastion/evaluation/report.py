@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bastion.evaluate.store import Run, Store
+from bastion.evaluation.store import Run, Store
 
 SCHEMA = "bastion.report/2"
 NORM_NAMES = {"linf": "L∞", "l2": "L2", "l1": "L1"}
@@ -47,8 +47,9 @@ def _headline(run: Run) -> str:
         f"attack **{c.get('attack')}** {json.dumps(c.get('params', {}))}"
     if c.get("targeted"):
         what += f", **targeted** ({c.get('targets', 'random')} target classes)"
-    return (f"Model **{c.get('model')}** on **{c.get('dataset')}** ({c.get('split')} split, "
-            f"first {s.get('n')} points); threat model {NORM_NAMES.get(c.get('norm', ''), c.get('norm'))} "
+    where = f"**{c['data']}** (first {s.get('n')} points)" if c.get("data") else \
+        f"**{c.get('dataset')}** ({c.get('split')} split, first {s.get('n')} points)"
+    return (f"Model **{c.get('model')}** on {where}; threat model {NORM_NAMES.get(c.get('norm', ''), c.get('norm'))} "
             f"ε = {c.get('eps')}; {what}; seed {c.get('seed')}.")
 
 
@@ -118,7 +119,7 @@ def _md_table_to_html(lines: list[str]) -> str:
 
 def report_html(run: Run, store: Store | None = None) -> str:
     """A single self-contained page: numbers, flags, figures (embedded PNGs), gallery."""
-    from bastion.evaluate import plots
+    from bastion.evaluation import plots
 
     s = run.summary or {}
     md = report_markdown(run).splitlines()

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from bastion.attacks.adaptive import eot
 from bastion.defenses.inference.detectors import detector_aware_surrogate
-from bastion.evaluate.diagnostics import (
+from bastion.evaluation.diagnostics import (
     Flag,
     LogOfProbabilities,
     check_gradients,
@@ -25,7 +25,7 @@ from bastion.evaluate.diagnostics import (
     find_nondifferentiable,
     with_bpda,
 )
-from bastion.evaluate.runner import Adaptation
+from bastion.evaluation.runner import Adaptation
 from bastion.threat import LpThreat
 
 
@@ -35,7 +35,7 @@ def probe(model: nn.Module, x: Tensor, y: Tensor, threat: LpThreat, *, eot_sampl
     scale = float(threat.eps_for(x[:1])[0]) if threat.norm == "linf" else 0.1
     scale = max(scale, 0.05)
     flags = [check_randomness(model, x), check_probabilities(model, x)]
-    flags += check_gradients(model, x, y, scale)
+    flags += check_gradients(model, x, y, scale, threat.clip)
     nondiff = find_nondifferentiable(model, x, scale)
     flags.append(Flag("non_differentiable_modules", bool(nondiff),
                       f"modules whose output moves with the input but pass back no gradient: {nondiff}" if nondiff

@@ -67,8 +67,10 @@ def _input_grad(model: nn.Module, x: Tensor, y: Tensor) -> Tensor | None:
     return grad
 
 
-def check_gradients(model: nn.Module, x: Tensor, y: Tensor, eps_scale: float) -> list[Flag]:
-    """NaN gradients, vanishing gradients, and shattered gradients (zero gradient, yet the loss moves)."""
+def check_gradients(model: nn.Module, x: Tensor, y: Tensor, eps_scale: float,
+                    clip: Callable[[Tensor], Tensor] = lambda t: t.clamp(0, 1)) -> list[Flag]:
+    """NaN gradients, vanishing gradients, and shattered gradients (zero gradient, yet the loss moves); ``clip``
+    keeps the moved points in the input box (``LpThreat.clip``)."""
     grad = _input_grad(model, x, y)
     if grad is None:
         return [Flag("detached_gradients", True, "the model's output does not depend differentiably on its input "
@@ -80,8 +82,8 @@ def check_gradients(model: nn.Module, x: Tensor, y: Tensor, eps_scale: float) ->
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         base = F.cross_entropy(model(x), y, reduction="none")
-        moved = F.cross_entropy(model((x + eps_scale * torch.randn(x.shape, generator=g)).clamp(0, 1)), y,
-                                reduction="none")
+        noise = torch.randn(x.shape, generator=g).to(x)  # drawn on the CPU: the same numbers on every device
+        moved = F.cross_entropy(model(clip(x + eps_scale * noise)), y, reduction="none")
     loss_moves = (moved - base).abs() > 1e-4
     zero_rows = flat.abs().sum(1) == 0
     shattered = float((zero_rows & loss_moves).float().mean())
@@ -136,7 +138,8 @@ def find_nondifferentiable(model: nn.Module, x: Tensor, eps_scale: float) -> lis
             (grad,) = torch.autograd.grad(out.float().sum(), probe, allow_unused=True)
         no_grad = grad is None or bool((grad == 0).all())
         with torch.no_grad():
-            moves = not torch.allclose(module(inp + eps_scale * torch.randn(inp.shape, generator=g)), out.detach())
+            noise = torch.randn(inp.shape, generator=g).to(inp)
+            moves = not torch.allclose(module(inp + eps_scale * noise), out.detach())
         if no_grad and moves:
             found.append(name)
     return found

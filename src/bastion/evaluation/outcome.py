@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from bastion.evaluate.config import EvalConfig
-from bastion.evaluate.diagnostics import Flag, box_covering_eps, check_monotone, check_single_step, check_unbounded
-from bastion.evaluate.runner import Adaptation, run_attack
+from bastion.evaluation.config import EvalConfig
+from bastion.evaluation.diagnostics import Flag, box_covering_eps, check_monotone, check_single_step, check_unbounded
+from bastion.evaluation.runner import Adaptation, run_attack
 from bastion.threat import LpThreat
 
 if TYPE_CHECKING:
-    from bastion.evaluate.job import Setup
+    from bastion.evaluation.job import Setup
 
 EPS_MULTIPLES = (0.25, 0.5, 1.0, 2.0)
 
@@ -28,7 +28,7 @@ def outcome_checks(setup: Setup, adapt: Adaptation, config: EvalConfig, points: 
     def robust(eps: float, attack: str = "apgd", **params: object) -> torch.Tensor:
         t = LpThreat(threat.norm, eps, lower=threat.lower, upper=threat.upper, mask=threat.mask)
         return run_attack(setup.model, x, y, t, attack, adapt=adapt,
-                          generator=torch.Generator().manual_seed(config.seed), **params).robust
+                          generator=torch.Generator(device=x.device).manual_seed(config.seed), **params).robust
 
     base = float(threat.eps) if not isinstance(threat.eps, torch.Tensor) else float(threat.eps.max())
     curve = [robust(m * base, n_iter=iters) for m in EPS_MULTIPLES]

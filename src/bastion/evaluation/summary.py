@@ -6,10 +6,10 @@ from typing import Any
 
 import numpy as np
 
-from bastion.evaluate.config import EvalConfig
-from bastion.evaluate.diagnostics import check_black_box
-from bastion.evaluate.store import Store
-from bastion.evaluate.suite import suite_stages
+from bastion.evaluation.config import EvalConfig
+from bastion.evaluation.diagnostics import check_black_box
+from bastion.evaluation.store import Store
+from bastion.evaluation.suite import suite_stages
 
 SCHEMA = "bastion.summary/1"
 CURVE_POINTS = 41
@@ -86,7 +86,7 @@ def summarize(store: Store, run_id: str, config: EvalConfig, num_classes: int) -
         order = list(stages)
         candidates = clean - sum(first.get(p, 0) for p in order[:order.index("square")])  # still robust before it
         flags.append(check_black_box(first.get("square", 0), stages["square"]["attacked"], candidates).to_dict())
-    from bastion.evaluate.adaptive import plan_notes
+    from bastion.evaluation.adaptive import plan_notes
 
     plan = store.get_artifact(run_id, "adaptation") or {}
     fwd, bwd = sum(s["forward_passes"] for s in stages.values()), sum(s["backward_passes"] for s in stages.values())

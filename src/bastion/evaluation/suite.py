@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from bastion.attacks import get_attack
-from bastion.evaluate.runner import Adaptation, AttackResult, run_attack
+from bastion.evaluation.runner import Adaptation, AttackResult, run_attack
 from bastion.oracle import Counts
 from bastion.threat import LpThreat
 

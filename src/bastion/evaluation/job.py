@@ -11,7 +11,7 @@ from __future__ import annotations
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +21,19 @@ from torch import Tensor, nn
 
 from bastion.data import load_dataset
 from bastion.data.base import Split
+from bastion.data.user import load_user_data
 from bastion.errors import InvalidInputError
-from bastion.evaluate.adaptive import build_adaptation, detector_adaptation, probe
-from bastion.evaluate.config import EvalConfig
-from bastion.evaluate.outcome import outcome_checks
-from bastion.evaluate.runner import AttackResult, choose_targets, run_attack
-from bastion.evaluate.store import Store
-from bastion.evaluate.suite import SuiteOutcome, run_suite
-from bastion.evaluate.summary import summarize
+from bastion.evaluation.adaptive import build_adaptation, detector_adaptation, probe
+from bastion.evaluation.config import EvalConfig
+from bastion.evaluation.outcome import outcome_checks
+from bastion.evaluation.runner import AttackResult, choose_targets, run_attack
+from bastion.evaluation.store import Store
+from bastion.evaluation.suite import SuiteOutcome, run_suite
+from bastion.evaluation.summary import summarize
 from bastion.threat import LpThreat
+from bastion.validate import probe_model
 from bastion.zoo import load_model
+from bastion.zoo.user import is_model_reference, is_torchscript, load_user_model
 
 KIND = "evaluate"
 PROBE_POINTS = 64
@@ -55,15 +58,26 @@ class EvalOutcome:
     resumed_points: int
 
 
-def environment() -> dict[str, Any]:
+def batch_generator(seed: int, batch: int, device: torch.device) -> torch.Generator:
+    """The one rule for random numbers: a generator on the data's device, seeded from the run seed and the batch."""
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + batch)
+
+
+def environment(device: torch.device | None = None) -> dict[str, Any]:
     from bastion import __version__
 
     return {
         "bastion": __version__, "torch": torch.__version__, "numpy": np.__version__,
         "python": platform.python_version(), "platform": platform.platform(),
         "threads": torch.get_num_threads(), "machine": platform.machine(),
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "device": _device_name(device),
     }
+
+
+def _device_name(device: torch.device | None) -> str:
+    if device is None:
+        return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
 
 
 def _rows(result: AttackResult, labels: Tensor, index: list[int]) -> list[tuple[Any, ...]]:
@@ -82,21 +96,21 @@ class Setup:
     threat: LpThreat
     config: EvalConfig
     num_classes: int
+    note: str = ""  # what was inferred about a user's data (printed by the CLI)
 
 
 def prepare(config: EvalConfig) -> Setup:
     """Load model and data, check they fit, build the threat model; ``config.dataset`` filled in.
 
-    A model given as an ``http(s)://`` URL is a remote black-box endpoint (``bastion.blackbox.http``).
+    A model given as an ``http(s)://`` URL is a remote black-box endpoint (``bastion.blackbox.http``); a model
+    given as code (``file.py:attr``, ``package.module:attr``) or a TorchScript file, or data given as a file
+    (``config.data``), is the user's own (``zoo.user``, ``data.user``).
     """
     if config.model.startswith(("http://", "https://")):
         return _prepare_remote(config)
-    if config.model.endswith(".pt"):
-        from bastion.compare.build import load_built
-
-        model, meta = load_built(config.model)
-    else:
-        model, meta = load_model(config.model)
+    if config.data is not None or is_model_reference(config.model) or is_torchscript(config.model):
+        return _prepare_user(config)
+    model, meta = _load_named(config.model)
     dataset = config.dataset or meta.dataset
     data = load_dataset(dataset, seed=config.seed)
     if tuple(data.spec.shape) != tuple(meta.input_shape):
@@ -106,13 +120,42 @@ def prepare(config: EvalConfig) -> Setup:
         )
     threat = LpThreat(config.norm, config.eps, lower=data.spec.lower, upper=data.spec.upper)
     full = config.model_copy(update={"dataset": dataset})
-    split = data.split(config.split)
+    return Setup(model, _points(data.split(config.split), config), threat, full, data.spec.num_classes)
+
+
+def _load_named(name: str) -> tuple[nn.Module, Any]:
+    if name.endswith(".pt"):
+        from bastion.compare.build import load_built
+
+        return load_built(name)
+    return load_model(name)
+
+
+def _points(split: Split, config: EvalConfig) -> Split:
     if config.offset >= len(split):
-        raise InvalidInputError(
-            f"offset {config.offset} is past the end of the {config.split} split ({len(split)} points)."
-        )
-    points = Split(split.x[config.offset:config.offset + config.n], split.y[config.offset:config.offset + config.n])
-    return Setup(model, points, threat, full, data.spec.num_classes)
+        raise InvalidInputError(f"offset {config.offset} is past the end of the data ({len(split)} points).")
+    end = config.offset + config.n
+    return Split(split.x[config.offset:end], split.y[config.offset:end])
+
+
+def _prepare_user(config: EvalConfig) -> Setup:
+    """A user's model (code or TorchScript, optional weights) and/or a user's data file."""
+    if is_model_reference(config.model) or is_torchscript(config.model):
+        model = load_user_model(config.model, config.weights)
+    else:
+        model = _load_named(config.model)[0]
+    if config.data is None:
+        if config.dataset is None:
+            raise InvalidInputError("A model given as code has no record of its data: give --data FILE or "
+                                    "--dataset NAME (bastion data list).")
+        data = load_dataset(config.dataset, seed=config.seed)
+        points, lower, upper, note = _points(data.split(config.split), config), data.spec.lower, data.spec.upper, ""
+    else:
+        user = load_user_data(config.data, label_column=config.label_column, lower=config.lower, upper=config.upper)
+        points, lower, upper, note = _points(Split(user.x, user.y), config), user.lower, user.upper, user.describe()
+    num_classes = probe_model(model, points.x)
+    threat = LpThreat(config.norm, config.eps, lower=lower, upper=upper)
+    return Setup(model, points, threat, config, num_classes, note)
 
 
 def _prepare_remote(config: EvalConfig) -> Setup:
@@ -128,9 +171,21 @@ def _prepare_remote(config: EvalConfig) -> Setup:
         )
     data = load_dataset(config.dataset, seed=config.seed)
     threat = LpThreat(config.norm, config.eps, lower=data.spec.lower, upper=data.spec.upper)
-    split = data.split(config.split)
-    points = Split(split.x[config.offset:config.offset + config.n], split.y[config.offset:config.offset + config.n])
+    points = _points(data.split(config.split), config)
     return Setup(RemoteModel(config.model).eval(), points, threat, config, data.spec.num_classes)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/``"auto"``: the first CUDA device if there is one, else the CPU; otherwise the device named."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise InvalidInputError(f"Unknown device {device!r}; use auto, cpu, cuda or cuda:N.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError(f"Device {device!r} asked for, but torch sees no CUDA GPU; use --device cpu.")
+    return dev
 
 
 def evaluate(
@@ -139,13 +194,30 @@ def evaluate(
     *,
     fresh: bool = False,
     on_progress: Callable[[Progress], None] | None = None,
+    device: str | torch.device | None = "cpu",
 ) -> EvalOutcome:
     """Run (or resume) the evaluation ``config`` and record it in ``store``."""
-    setup = prepare(config)
+    return run(prepare(config), store, fresh=fresh, on_progress=on_progress, device=device)
+
+
+def run(
+    setup: Setup,
+    store: Store,
+    *,
+    fresh: bool = False,
+    on_progress: Callable[[Progress], None] | None = None,
+    device: str | torch.device | None = "cpu",
+) -> EvalOutcome:
+    """Run (or resume) the evaluation of a prepared ``setup`` (model, points, threat, config) into ``store``.
+
+    Batches go to ``device`` one at a time; each batch draws its random numbers from a generator on that device
+    seeded from (seed, batch number), so a resumed run repeats the uninterrupted one on the same device."""
+    dev = resolve_device(device)
+    setup.model.to(dev)
     cfg = setup.config
     run_id = None if fresh else store.find_unfinished(KIND, cfg.key())
-    run_id = run_id or store.create_run(KIND, cfg.key(), cfg.model_dump(mode="json"), cfg.seed, environment())
-    plan = _plan(store, run_id, setup) if cfg.suite else {}
+    run_id = run_id or store.create_run(KIND, cfg.key(), cfg.model_dump(mode="json"), cfg.seed, environment(dev))
+    plan = _plan(store, run_id, setup, dev) if cfg.suite else {}
     done = store.done_batches(run_id, cfg.done_part)
     n, size = len(setup.points), cfg.batch_size
     starts = list(range(0, n, size))
@@ -157,27 +229,34 @@ def evaluate(
         if b in done:
             continue
         stop = min(start + size, n)
-        broken += _batch(store, run_id, setup, plan, b, start, stop, on_progress, finished, broken)
+        broken += _batch(store, run_id, setup, plan, b, start, stop, on_progress, finished, broken, dev)
         finished = stop
         if on_progress:
             on_progress(Progress(finished, n, broken))
     if cfg.suite and cfg.outcome_checks and store.get_artifact(run_id, "outcome_flags") is None:
         if on_progress:
             on_progress(Progress(finished, n, broken, stage="diagnostics"))
-        flags = outcome_checks(setup, build_adaptation(setup.model, plan), cfg, PROBE_POINTS)
+        flags = outcome_checks(_on(setup, dev), build_adaptation(setup.model, plan), cfg, PROBE_POINTS)
         store.put_artifact(run_id, "outcome_flags", [f.to_dict() for f in flags])
     summary = summarize(store, run_id, cfg, setup.num_classes)
     store.finish_run(run_id, summary)
     return EvalOutcome(run_id, summary, already)
 
 
-def _plan(store: Store, run_id: str, setup: Setup) -> dict[str, Any]:
+def _on(setup: Setup, dev: torch.device) -> Setup:
+    """The setup with its points (and per-feature bounds) on ``dev``."""
+    if setup.points.x.device == dev:
+        return setup
+    return replace(setup, points=Split(setup.points.x.to(dev), setup.points.y.to(dev)))
+
+
+def _plan(store: Store, run_id: str, setup: Setup, dev: torch.device) -> dict[str, Any]:
     plan = store.get_artifact(run_id, "adaptation")
     if plan is None and not setup.config.adaptive:
         plan = dict(NO_ADAPTATION)
         store.put_artifact(run_id, "adaptation", plan)
     if plan is None:
-        x, y = setup.points.x[:PROBE_POINTS], setup.points.y[:PROBE_POINTS]
+        x, y = setup.points.x[:PROBE_POINTS].to(dev), setup.points.y[:PROBE_POINTS].to(dev)
         plan, flags = probe(setup.model, x, y, setup.threat, eot_samples=setup.config.eot_samples)
         store.put_artifact(run_id, "probe_flags", [f.to_dict() for f in flags])
         store.put_artifact(run_id, "adaptation", plan)
@@ -185,11 +264,11 @@ def _plan(store: Store, run_id: str, setup: Setup) -> dict[str, Any]:
 
 
 def _batch(store: Store, run_id: str, setup: Setup, plan: dict[str, Any], b: int, start: int, stop: int,
-           on_progress: Callable[[Progress], None] | None, finished: int, broken: int) -> int:
+           on_progress: Callable[[Progress], None] | None, finished: int, broken: int, dev: torch.device) -> int:
     """Attack one batch, record it, return how many points it broke."""
     cfg = setup.config
-    x, y = setup.points.x[start:stop], setup.points.y[start:stop]
-    generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + b)
+    x, y = setup.points.x[start:stop].to(dev), setup.points.y[start:stop].to(dev)
+    generator = batch_generator(cfg.seed, b, dev)
     t0 = time.perf_counter()
     if cfg.attack is not None:
         targets = None
@@ -199,7 +278,7 @@ def _batch(store: Store, run_id: str, setup: Setup, plan: dict[str, Any], b: int
         result = run_attack(setup.model, x, y, setup.threat, cfg.attack, targets=targets, generator=generator,
                             max_queries=cfg.max_queries, **cfg.params)
         store.record_batch(run_id, cfg.attack, b, start, stop, time.perf_counter() - t0,
-                           _rows(result, y, list(range(start, stop))), result.outside_threat)
+                           _rows(result, y.cpu(), list(range(start, stop))), result.outside_threat)
         return int(result.success.sum())
 
     def tick(stage: Any) -> None:
@@ -209,9 +288,11 @@ def _batch(store: Store, run_id: str, setup: Setup, plan: dict[str, Any], b: int
     assert cfg.suite is not None
     out = run_suite(setup.model, x, y, setup.threat, version=cfg.suite, adapt=build_adaptation(setup.model, plan),
                     generator=generator, on_stage=tick, detector_adapt=detector_adaptation(setup.model, plan))
+    y = y.cpu()
     for st in out.stages:
-        index = (st.attacked.nonzero().flatten() + start).tolist()
-        store.record_batch(run_id, st.stage.part, b, start, stop, st.seconds, _rows(st.result, y[st.attacked], index),
+        attacked = st.attacked.cpu()
+        index = (attacked.nonzero().flatten() + start).tolist()
+        store.record_batch(run_id, st.stage.part, b, start, stop, st.seconds, _rows(st.result, y[attacked], index),
                            st.result.outside_threat)
         peak = max(store.get_artifact(run_id, f"peak_rss_mb/{st.stage.part}") or 0.0, st.peak_rss_mb)
         store.put_artifact(run_id, f"peak_rss_mb/{st.stage.part}", peak)

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from bastion.attacks import get_attack
 from bastion.attacks.base import AttackSpec
 from bastion.errors import InvalidInputError
-from bastion.evaluate.config import TargetChoice
+from bastion.evaluation.config import TargetChoice
 from bastion.oracle import CountingModel, Counts
 from bastion.threat import LpThreat
 from bastion.validate import check_inputs, check_labels, ensure_eval, probe_model
@@ -89,8 +89,9 @@ def choose_targets(model: nn.Module, inputs: Tensor, labels: Tensor, how: Target
     if num_classes < 2:
         raise InvalidInputError("A targeted attack needs at least 2 classes.")
     if how == "random":
-        shift = torch.randint(1, num_classes, labels.shape, generator=generator)
-        return (labels.cpu() + shift).remainder(num_classes).to(labels.device)
+        on = generator.device if generator is not None else torch.device("cpu")
+        shift = torch.randint(1, num_classes, labels.shape, generator=generator, device=on)
+        return (labels.to(on) + shift).remainder(num_classes).to(labels.device)
     if how == "least-likely":
         with torch.no_grad():
             scores = model(inputs).detach()

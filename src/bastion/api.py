@@ -1,0 +1,230 @@
+"""The public Python API: evaluate or attack any ``nn.Module`` on tensors or a ``DataLoader`` in one call.
+
+    import bastion
+    report = bastion.evaluate(model, x, y, bastion.LpThreat("linf", 8 / 255))
+    print(report.robust_accuracy, report.flags)
+
+Both calls run exactly what ``bastion evaluate`` / ``bastion attack`` run (the CLI resolves names and files, then
+calls these): the probe and its adaptation, the attack cascade, the runner's re-check, the outcome diagnostics, the
+robustness curve and the costs, batch by batch into a results store (resumable), and return a typed ``Report``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from bastion.data.base import Split
+from bastion.errors import InvalidInputError
+from bastion.evaluation.config import EvalConfig, TargetChoice
+from bastion.evaluation.job import Progress, Setup, run
+from bastion.evaluation.report import report_dict, report_html, report_markdown, write_reports
+from bastion.evaluation.runner import reject_class
+from bastion.evaluation.store import Run, Store
+from bastion.threat import LpThreat
+from bastion.validate import probe_model
+from bastion.zoo.user import fingerprint
+
+Suite = Literal["fast", "standard", "thorough"]
+StoreLike = Store | str | Path | None
+ReportDir = str | Path | Callable[[str], Path] | None  # a folder, or the folder for a run id
+
+
+@dataclass(frozen=True)
+class Report:
+    """The result of one evaluation or attack run, read back from the store (every number comes from it).
+
+    ``summary`` is the full summary (docs/REPORT_SCHEMA.md); the properties are its headline numbers.
+    ``to_json()`` is the ``report.json`` document, ``to_html()`` the self-contained HTML page, ``to_markdown()``
+    the text report; ``paths`` names the files written when ``report_dir`` was given.
+    """
+
+    run_id: str
+    config: dict[str, Any]
+    summary: dict[str, Any]
+    document: dict[str, Any] = field(repr=False)
+    html: str = field(repr=False)
+    markdown: str = field(repr=False)
+    paths: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def clean_accuracy(self) -> float:
+        return float(self.summary["clean_accuracy"])
+
+    @property
+    def robust_accuracy(self) -> float:
+        """Points classified correctly and not broken by any attack (re-checked), over all points."""
+        return float(self.summary["robust_accuracy"])
+
+    @property
+    def flags(self) -> list[dict[str, Any]]:
+        """The gradient-masking and outcome diagnostics that fired (name, evidence, details)."""
+        return [f for f in self.summary.get("flags", []) if f.get("fired")]
+
+    @property
+    def stages(self) -> dict[str, dict[str, Any]]:
+        """Per attack stage (suite runs): points attacked, robust accuracy, passes, seconds, memory."""
+        return dict(self.summary.get("stages", {}))
+
+    def to_json(self) -> str:
+        import json
+
+        return json.dumps(self.document, indent=2, sort_keys=True)
+
+    def to_html(self) -> str:
+        return self.html
+
+    def to_markdown(self) -> str:
+        return self.markdown
+
+
+def evaluate(model: nn.Module, inputs: Tensor | Iterable[Any], labels: Tensor | None = None,
+             threat: LpThreat | None = None, *, suite: Suite = "standard", device: str | torch.device | None = None,
+             seed: int = 0, store: StoreLike = None, report_dir: str | Path | None = None, progress: bool = True,
+             batch_size: int = 500, eot_samples: int = 20, adaptive: bool = True, name: str | None = None,
+             fresh: bool = False) -> Report:
+    """The standard adaptive evaluation of ``model`` on ``inputs``/``labels`` under ``threat``.
+
+    ``inputs`` is a tensor (then ``labels`` too) or a ``DataLoader``/iterable of ``(inputs, labels)`` batches.
+    ``device``: ``None``/``"auto"`` (a CUDA GPU if present), ``"cpu"``, ``"cuda:N"``; the model is moved there.
+    ``store``: ``None`` keeps the run in a temporary store deleted afterwards (the report holds everything);
+    a path, database URL or ``Store`` records it there, and calling again with the same arguments resumes an
+    unfinished run (``fresh=True`` starts over). ``report_dir`` also writes report.json/.md/.html there.
+    ``name`` labels the model in reports (default: its class and a hash of its weights).
+    """
+    mode = dict(suite=suite, eot_samples=eot_samples, adaptive=adaptive)
+    setup = _setup(model, inputs, labels, threat, mode, seed, batch_size, name)
+    return run_setup(setup, device=device, store=store, report_dir=report_dir, progress=progress, fresh=fresh)
+
+
+def attack(model: nn.Module, inputs: Tensor | Iterable[Any], labels: Tensor | None = None,
+           threat: LpThreat | None = None, name: str = "apgd", *, params: dict[str, Any] | None = None,
+           targeted: bool = False, targets: TargetChoice = "random", max_queries: int | None = None,
+           device: str | torch.device | None = None, seed: int = 0, store: StoreLike = None,
+           report_dir: str | Path | None = None, progress: bool = True, batch_size: int = 500,
+           model_name: str | None = None, fresh: bool = False) -> Report:
+    """One registered attack ``name`` (``bastion attacks list``) through the runner, with the same arguments as
+    ``evaluate``; ``params`` are the attack's hyperparameters, ``targeted`` pushes each point to a target class
+    chosen by ``targets`` (random other class or least-likely class)."""
+    mode = dict(suite=None, attack=name, params=params or {}, targeted=targeted, targets=targets,
+                max_queries=max_queries)
+    setup = _setup(model, inputs, labels, threat, mode, seed, batch_size, model_name)
+    return run_setup(setup, device=device, store=store, report_dir=report_dir, progress=progress, fresh=fresh)
+
+
+def run_setup(setup: Setup, *, device: str | torch.device | None = None, store: StoreLike = None,
+              report_dir: ReportDir = None, progress: bool = True, fresh: bool = False) -> Report:
+    """Run a prepared ``Setup`` (model, points, threat, config) and report it: what ``evaluate``/``attack`` do after
+    building the setup, and what the CLI calls after resolving names and files (``evaluate.job.prepare``)."""
+    with _opened(store) as st, _bar(progress, setup.config) as tick:
+        outcome = run(setup, st, on_progress=tick, device=device, fresh=fresh)
+        return _report(st.get_run(outcome.run_id), st, report_dir)
+
+
+def _setup(model: nn.Module, inputs: Tensor | Iterable[Any], labels: Tensor | None, threat: LpThreat | None,
+           mode: dict[str, Any], seed: int, batch_size: int, name: str | None) -> Setup:
+    if not isinstance(model, nn.Module):
+        raise InvalidInputError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
+    if not isinstance(threat, LpThreat):
+        raise InvalidInputError("Give a threat model, e.g. bastion.LpThreat('linf', 8 / 255).")
+    x, y = _tensors(inputs, labels)
+    outputs = probe_model(model, x.to(_first_device(model)))
+    num_classes = outputs - 1 if reject_class(model) is not None else outputs  # a detector's extra class
+    return Setup(model, Split(x, y), threat, _config(model, x, y, threat, mode, seed, batch_size, name), num_classes)
+
+
+def _tensors(inputs: Tensor | Iterable[Any], labels: Tensor | None) -> tuple[Tensor, Tensor]:
+    if isinstance(inputs, Tensor):
+        if labels is None:
+            raise InvalidInputError("Give labels with input tensors (one class index per input), or pass a DataLoader "
+                                    "of (inputs, labels) batches.")
+        return inputs.detach().cpu(), torch.as_tensor(labels).cpu()
+    xs, ys = [], []
+    for batch in inputs:
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise InvalidInputError("A data loader must yield (inputs, labels) batches.")
+        xs.append(torch.as_tensor(batch[0]).detach().cpu())
+        ys.append(torch.as_tensor(batch[1]).cpu())
+    if not xs:
+        raise InvalidInputError("The data loader yielded no batches.")
+    return torch.cat(xs), torch.cat(ys)
+
+
+def _first_device(model: nn.Module) -> torch.device:
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _config(model: nn.Module, x: Tensor, y: Tensor, threat: LpThreat, mode: dict[str, Any], seed: int,
+            batch_size: int, name: str | None) -> EvalConfig:
+    eps = threat.eps if not isinstance(threat.eps, Tensor) else None
+    if eps is None:
+        raise InvalidInputError("bastion.evaluate takes one eps for the run; per-sample eps is for run_attack.")
+    label = name or f"python:{type(model).__module__}.{type(model).__qualname__}@{fingerprint(model)}"
+    data = f"tensors:{_data_hash(x, y)}"
+    return EvalConfig(model=label, data=data, n=len(y), norm=threat.norm, eps=float(eps), seed=seed,
+                      batch_size=batch_size, **mode)
+
+
+def _data_hash(x: Tensor, y: Tensor) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in (x, y):
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+@contextmanager
+def _opened(store: StoreLike) -> Iterator[Store]:
+    if isinstance(store, Store):
+        yield store
+        return
+    if store is not None:
+        st = Store(store)
+        try:
+            yield st
+        finally:
+            st.close()
+        return
+    with tempfile.TemporaryDirectory(prefix="bastion-") as tmp:
+        st = Store(Path(tmp) / "run.sqlite")
+        try:
+            yield st
+        finally:
+            st.close()
+
+
+@contextmanager
+def _bar(progress: bool, cfg: EvalConfig) -> Iterator[Callable[[Progress], None] | None]:
+    if not progress:
+        yield None
+        return
+    from bastion.progress import progress_bar
+
+    what = cfg.attack or f"{cfg.suite} suite"
+    with progress_bar(transient=True) as bar:
+        task = bar.add_task(f"{what} {cfg.norm} eps={cfg.eps}", total=cfg.n, info="")
+
+        def tick(p: Progress) -> None:
+            if p.resumed:
+                bar.console.print(f"resuming an unfinished run with the same configuration: {p.resumed} points done")
+            stage = f" ({p.stage})" if p.stage else ""
+            bar.update(task, total=p.total, completed=p.done, info=f"broken {p.broken}{stage}")
+
+        yield tick
+
+
+def _report(run_: Run, store: Store, report_dir: ReportDir) -> Report:
+    folder = report_dir(run_.id) if callable(report_dir) else report_dir
+    paths = write_reports(run_, Path(folder), store) if folder is not None else {}
+    return Report(run_id=run_.id, config=run_.config, summary=run_.summary or {}, document=report_dict(run_, store),
+                  html=report_html(run_, store), markdown=report_markdown(run_), paths=paths)
