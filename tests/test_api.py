@@ -244,3 +244,18 @@ def test_evaluate_on_each_device_is_reproducible(user_files: Path, device: str) 
     if device != "cpu":
         cpu = bastion.evaluate(_user_model(user_files), x, y, threat, suite="fast", device="cpu", progress=False)
         assert abs(cpu.robust_accuracy - runs[0].robust_accuracy) <= 2 / 48
+
+
+def test_a_per_feature_threat_is_recorded_whole_and_rebuilt(tmp_path: Path) -> None:
+    from bastion.evaluation.config import EvalConfig
+    from bastion.threats import threat_from_dict
+
+    x = torch.rand(20, 3) * torch.tensor([1.0, 4.0, 9.0])
+    y = (x[:, 0] > 0.5).long()
+    threat = bastion.LpThreat("linf", 0.1, lower=torch.zeros(3), upper=torch.tensor([1.0, 4.0, 9.0]))
+    model = torch.nn.Linear(3, 2).eval()
+    report = bastion.attack(model, x, y, threat, "fgsm", progress=False)
+    stored = EvalConfig(**report.config)
+    assert threat_from_dict(stored.threat).to_dict() == threat.to_dict()
+    plain = bastion.attack(model, x.clamp(0, 1), y, bastion.LpThreat("linf", 0.1), "fgsm", progress=False)
+    assert plain.config["threat"] is None  # norm and eps say it all, as in runs stored before the field existed

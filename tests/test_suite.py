@@ -157,7 +157,7 @@ def test_canary_escalates_when_square_beats_masked_gradients(
     model = nn.Sequential(Quantize(), digits_model).eval()
     x, y = digits_points
     threat = LpThreat("linf", 0.3)
-    monkeypatch.setattr(suite, "_stages", lambda version, norm, aware: _cheap_cascade(8))
+    monkeypatch.setitem(suite.SUITES._entries, "lp", lambda version, norm, aware: _cheap_cascade(8))
     out = run_suite(model, x, y, threat, adapt=Adaptation(), generator=torch.Generator().manual_seed(0))
     white = out.stages[0]
     left = out.clean_correct.clone()
@@ -179,7 +179,7 @@ def test_canary_that_breaks_every_remaining_point_ends_the_stage(
     x, y = digits_points
     x, y = x[:4], y[:4]
     threat = LpThreat("linf", 0.5)
-    monkeypatch.setattr(suite, "_stages", lambda version, norm, aware: _cheap_cascade(32))
+    monkeypatch.setitem(suite.SUITES._entries, "lp", lambda version, norm, aware: _cheap_cascade(32))
     out = run_suite(model, x, y, threat, adapt=Adaptation(), generator=torch.Generator().manual_seed(0))
     sq = _square(out)
     assert sq.escalated and bool(sq.result.success.all()) and int(sq.attacked.sum()) == sq.canary > 0
@@ -192,7 +192,7 @@ def test_canary_stays_small_when_square_finds_nothing(
 ) -> None:
     x, y = digits_points
     threat = LpThreat("linf", 0.005)  # too small for anything to break
-    monkeypatch.setattr(suite, "_stages", lambda version, norm, aware: _cheap_cascade(8))
+    monkeypatch.setitem(suite.SUITES._entries, "lp", lambda version, norm, aware: _cheap_cascade(8))
     out = run_suite(digits_model, x, y, threat, generator=torch.Generator().manual_seed(0))
     sq = _square(out)
     assert int(out.clean_correct.sum()) > 8

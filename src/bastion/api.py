@@ -24,9 +24,10 @@ from torch import Tensor, nn
 from bastion.data.base import Split
 from bastion.errors import InvalidInputError
 from bastion.evaluation.config import EvalConfig, TargetChoice
-from bastion.evaluation.job import Progress, Setup, run
+from bastion.evaluation.job import Progress, run
 from bastion.evaluation.report import report_dict, report_html, report_markdown, write_reports
 from bastion.evaluation.runner import reject_class
+from bastion.evaluation.setup import Setup
 from bastion.evaluation.store import Run, Store
 from bastion.threat import LpThreat
 from bastion.validate import probe_model
@@ -132,8 +133,12 @@ def _setup(model: nn.Module, inputs: Tensor | Iterable[Any], labels: Tensor | No
            mode: dict[str, Any], seed: int, batch_size: int, name: str | None) -> Setup:
     if not isinstance(model, nn.Module):
         raise InvalidInputError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
-    if not isinstance(threat, LpThreat):
+    if threat is None:
         raise InvalidInputError("Give a threat model, e.g. bastion.LpThreat('linf', 8 / 255).")
+    if not isinstance(threat, LpThreat):
+        raise InvalidInputError(
+            f"The evaluation job runs Lp threats so far, not {getattr(threat, 'kind', type(threat).__name__)}; run "
+            "other threat kinds batch by batch with bastion.evaluation.runner.run_attack.")
     x, y = _tensors(inputs, labels)
     outputs = probe_model(model, x.to(_first_device(model)))
     num_classes = outputs - 1 if reject_class(model) is not None else outputs  # a detector's extra class
@@ -169,8 +174,9 @@ def _config(model: nn.Module, x: Tensor, y: Tensor, threat: LpThreat, mode: dict
         raise InvalidInputError("bastion.evaluate takes one eps for the run; per-sample eps is for run_attack.")
     label = name or f"python:{type(model).__module__}.{type(model).__qualname__}@{fingerprint(model)}"
     data = f"tensors:{_data_hash(x, y)}"
+    plain = not threat.per_feature and threat.mask is None  # else the run records the whole threat
     return EvalConfig(model=label, data=data, n=len(y), norm=threat.norm, eps=float(eps), seed=seed,
-                      batch_size=batch_size, **mode)
+                      batch_size=batch_size, threat=None if plain else threat.to_dict(), **mode)
 
 
 def _data_hash(x: Tensor, y: Tensor) -> str:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
 
 from bastion.errors import InvalidInputError
+from bastion.threats import data_to_tensor, register_threat, tensor_to_data
 
 Norm = Literal["linf", "l2", "l1"]
 NORMS: tuple[Norm, ...] = ("linf", "l2", "l1")
@@ -64,6 +65,7 @@ def _check_eps(eps: float | Tensor) -> None:
         )
 
 
+@register_threat("lp")
 @dataclass(frozen=True)
 class LpThreat:
     """An Lp ball around each input, inside the box ``[lower, upper]``.
@@ -81,6 +83,7 @@ class LpThreat:
     lower: Bound = 0.0
     upper: Bound = 1.0
     mask: Tensor | None = None
+    kind: ClassVar[str] = "lp"
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
@@ -146,6 +149,43 @@ class LpThreat:
     def norm_of(self, delta: Tensor) -> Tensor:
         """Per-sample norm of a perturbation batch, ``(N,)``."""
         return lp_norms(delta.flatten(1), self.order)
+
+    def distance(self, x_adv: Tensor, inputs: Tensor) -> Tensor:
+        """The Threat protocol's measure: the Lp norm of ``x_adv - inputs`` per sample."""
+        return self.norm_of(x_adv - inputs)
+
+    def validate(self, inputs: Tensor) -> None:
+        """Finite floating-point inputs inside the box; one clear error naming the fix otherwise."""
+        if not inputs.is_floating_point():
+            raise InvalidInputError(
+                f"inputs must be a floating-point tensor; got {inputs.dtype}. Convert with .float().")
+        bad = ~torch.isfinite(inputs)
+        if bad.any():
+            rows = bad.flatten(1).any(1).nonzero().flatten()[:5].tolist()
+            raise InvalidInputError(
+                f"inputs contain {int(bad.sum())} NaN/inf values (samples {rows}...); clean or drop those samples.")
+        lower, upper = self.bounds(inputs)
+        below, above = inputs < lower - 1e-6, inputs > upper + 1e-6
+        if below.any() or above.any():
+            lo, hi = float(inputs.min()), float(inputs.max())
+            where = "" if not self.per_feature else \
+                f" per-feature ({int((below | above).flatten(1).any(0).sum())} features out of range)"
+            declared = f"[{self.lower}, {self.upper}]" if not self.per_feature else "(per-feature bounds)"
+            raise InvalidInputError(
+                f"inputs lie outside the declared bounds {declared}{where} (min {lo:.4g}, max {hi:.4g}). "
+                "bastion models take unnormalized inputs: move normalization into the model "
+                "(bastion.zoo.Normalize) or declare the real bounds (--lower/--upper, LpThreat(lower=, upper=)).")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (tensors as lists) that ``from_dict`` turns back into the same threat."""
+        return {"kind": self.kind, "norm": self.norm, "eps": tensor_to_data(self.eps),
+                "lower": tensor_to_data(self.lower), "upper": tensor_to_data(self.upper),
+                "mask": tensor_to_data(self.mask)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LpThreat:
+        return cls(data["norm"], data_to_tensor(data["eps"]), lower=data_to_tensor(data.get("lower", 0.0)),
+                   upper=data_to_tensor(data.get("upper", 1.0)), mask=data_to_tensor(data.get("mask")))
 
     def project(self, x_adv: Tensor, inputs: Tensor) -> Tensor:
         """Nearest point (per sample) of the threat set: ball projection, then box clip, then mask."""

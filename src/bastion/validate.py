@@ -8,32 +8,12 @@ import torch
 from torch import Tensor, nn
 
 from bastion.errors import InvalidInputError
-from bastion.threat import LpThreat
+from bastion.threats import Threat
 
 
-def check_inputs(inputs: Tensor, threat: LpThreat) -> None:
-    """Finite values inside the threat model's box."""
-    if not inputs.is_floating_point():
-        raise InvalidInputError(f"inputs must be a floating-point tensor; got {inputs.dtype}. Convert with .float().")
-    bad = ~torch.isfinite(inputs)
-    if bad.any():
-        rows = bad.flatten(1).any(1).nonzero().flatten()[:5].tolist()
-        raise InvalidInputError(
-            f"inputs contain {int(bad.sum())} NaN/inf values (samples {rows}...); clean or drop those samples."
-        )
-    lower, upper = threat.bounds(inputs)
-    tol = 1e-6
-    below, above = inputs < lower - tol, inputs > upper + tol
-    if below.any() or above.any():
-        lo, hi = float(inputs.min()), float(inputs.max())
-        where = "" if not threat.per_feature else \
-            f" per-feature ({int((below | above).flatten(1).any(0).sum())} features out of range)"
-        declared = f"[{threat.lower}, {threat.upper}]" if not threat.per_feature else "(per-feature bounds)"
-        raise InvalidInputError(
-            f"inputs lie outside the declared bounds {declared}{where} (min {lo:.4g}, max {hi:.4g}). "
-            "bastion models take unnormalized inputs: move normalization into the model "
-            "(bastion.zoo.Normalize) or declare the real bounds (--lower/--upper, LpThreat(lower=, upper=))."
-        )
+def check_inputs(inputs: Tensor, threat: Threat) -> None:
+    """The threat's own check of the inputs (for an Lp threat: finite floats inside the box)."""
+    threat.validate(inputs)
 
 
 def check_labels(labels: Tensor, n: int, num_classes: int) -> None:

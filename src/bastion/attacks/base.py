@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -55,6 +55,19 @@ class AttackSpec:
     access: Access
     paper: str
     randomized: bool = False
+    threats: tuple[str, ...] = ("lp",)  # the threat kinds it accepts; for "lp" also only the norms above
+
+    def accepts(self, threat: Any) -> bool:
+        """Whether this attack can run inside ``threat`` (its kind, and for Lp threats its norm)."""
+        return threat.kind in self.threats and (threat.kind != "lp" or threat.norm in self.norms)
+
+    def refusal(self, threat: Any) -> str:
+        """Why ``accepts(threat)`` is false, naming the fix."""
+        if threat.kind not in self.threats:
+            return (f"Attack {self.name!r} works on {', '.join(self.threats)} threats, not {threat.kind}; pick an "
+                    "attack for this threat kind (`bastion attacks list`).")
+        return (f"Attack {self.name!r} supports norms {', '.join(self.norms)}, not {threat.norm}; "
+                "pick another --norm or another attack (`bastion attacks list`).")
 
     def __call__(self, *args: object, **kwargs: object) -> Tensor:
         return self.fn(*args, **kwargs)  # type: ignore[arg-type]
@@ -71,11 +84,12 @@ def register_attack(
     access: Access = "white-box",
     paper: str,
     randomized: bool = False,
+    threats: tuple[str, ...] = ("lp",),
 ) -> Callable[[Callable], Callable]:
-    """Register an attack function under ``name`` with its metadata."""
+    """Register an attack function under ``name`` with its metadata and the threat kinds it accepts."""
     return ATTACKS.decorator(
         name,
-        lambda fn: AttackSpec(name, fn, norms, goal, access, paper, randomized),
+        lambda fn: AttackSpec(name, fn, norms, goal, access, paper, randomized, threats),
     )
 
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 TargetChoice = Literal["random", "least-likely"]  # how a targeted run picks each point's target class
 
 
-_ADDED_NONE = ("weights", "data", "label_column", "lower", "upper")
+_ADDED_NONE = ("weights", "data", "label_column", "lower", "upper", "threat")
 
 
 class EvalConfig(BaseModel):
@@ -31,6 +31,8 @@ class EvalConfig(BaseModel):
     label_column: str | None = Field(None, description="CSV data: the label column (default: label/class/target/y)")
     lower: float | None = Field(None, description="override the inferred lower bound of user data")
     upper: float | None = Field(None, description="override the inferred upper bound of user data")
+    threat: dict[str, Any] | None = Field(None, description="the threat's to_dict() where norm and eps do not say "
+                                                            "it all (per-feature bounds, a mask, other kinds)")
     split: Literal["train", "val", "test"] = "test"
     n: int = Field(1000, gt=0, description="number of points, taken from the split starting at offset")
     offset: int = Field(0, ge=0, description="index of the first point (sweeps shard a split this way)")

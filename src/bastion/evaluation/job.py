@@ -27,10 +27,12 @@ from bastion.evaluation.adaptive import build_adaptation, detector_adaptation, p
 from bastion.evaluation.config import EvalConfig
 from bastion.evaluation.outcome import outcome_checks
 from bastion.evaluation.runner import AttackResult, choose_targets, run_attack
+from bastion.evaluation.setup import Setup
 from bastion.evaluation.store import Store
 from bastion.evaluation.suite import SuiteOutcome, run_suite
 from bastion.evaluation.summary import summarize
 from bastion.threat import LpThreat
+from bastion.threats import threat_from_dict
 from bastion.validate import probe_model
 from bastion.zoo import load_model
 from bastion.zoo.user import is_model_reference, is_torchscript, load_user_model
@@ -89,16 +91,6 @@ def _rows(result: AttackResult, labels: Tensor, index: list[int]) -> list[tuple[
     ]
 
 
-@dataclass(frozen=True)
-class Setup:
-    model: nn.Module
-    points: Split
-    threat: LpThreat
-    config: EvalConfig
-    num_classes: int
-    note: str = ""  # what was inferred about a user's data (printed by the CLI)
-
-
 def prepare(config: EvalConfig) -> Setup:
     """Load model and data, check they fit, build the threat model; ``config.dataset`` filled in.
 
@@ -154,8 +146,15 @@ def _prepare_user(config: EvalConfig) -> Setup:
         user = load_user_data(config.data, label_column=config.label_column, lower=config.lower, upper=config.upper)
         points, lower, upper, note = _points(Split(user.x, user.y), config), user.lower, user.upper, user.describe()
     num_classes = probe_model(model, points.x)
-    threat = LpThreat(config.norm, config.eps, lower=lower, upper=upper)
+    threat = _threat(config, lower, upper)
     return Setup(model, points, threat, config, num_classes, note)
+
+
+def _threat(config: EvalConfig, lower: Any, upper: Any) -> Any:
+    """The run's threat: the stored ``to_dict`` form where the config has one, else norm and eps in the box."""
+    if config.threat is not None:
+        return threat_from_dict(config.threat)
+    return LpThreat(config.norm, config.eps, lower=lower, upper=upper)
 
 
 def _prepare_remote(config: EvalConfig) -> Setup:

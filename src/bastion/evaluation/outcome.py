@@ -15,7 +15,7 @@ from bastion.evaluation.runner import Adaptation, run_attack
 from bastion.threat import LpThreat
 
 if TYPE_CHECKING:
-    from bastion.evaluation.job import Setup
+    from bastion.evaluation.setup import Setup
 
 EPS_MULTIPLES = (0.25, 0.5, 1.0, 2.0)
 

@@ -21,7 +21,7 @@ from bastion.attacks.base import AttackSpec
 from bastion.errors import InvalidInputError
 from bastion.evaluation.config import TargetChoice
 from bastion.oracle import CountingModel, Counts
-from bastion.threat import LpThreat
+from bastion.threats import Threat
 from bastion.validate import check_inputs, check_labels, ensure_eval, probe_model
 
 
@@ -41,7 +41,7 @@ class AttackResult:
 
     attack: str
     params: dict[str, Any]
-    threat: LpThreat
+    threat: Threat
     targeted: bool
     adversarial: Tensor  # (N, ...) examples as re-checked (inside the threat model for budget attacks)
     clean_pred: Tensor
@@ -103,7 +103,7 @@ def run_attack(
     model: nn.Module,
     inputs: Tensor,
     labels: Tensor,
-    threat: LpThreat,
+    threat: Threat,
     attack: str | AttackSpec,
     *,
     targets: Tensor | None = None,
@@ -119,11 +119,8 @@ def run_attack(
     one that is re-checked (BPDA, EOT): the re-check always uses ``model`` itself.
     """
     spec = get_attack(attack) if isinstance(attack, str) else attack
-    if threat.norm not in spec.norms:
-        raise InvalidInputError(
-            f"Attack {spec.name!r} supports norms {', '.join(spec.norms)}, not {threat.norm}; "
-            "pick another --norm or another attack (`bastion attacks list`)."
-        )
+    if not spec.accepts(threat):
+        raise InvalidInputError(spec.refusal(threat))
     check_inputs(inputs, threat)
     was_training = ensure_eval(model)
     try:
@@ -138,7 +135,7 @@ def run_attack(
 
 
 def _run(
-    model: nn.Module, inputs: Tensor, labels: Tensor, threat: LpThreat, spec: AttackSpec,
+    model: nn.Module, inputs: Tensor, labels: Tensor, threat: Threat, spec: AttackSpec,
     targets: Tensor | None, generator: torch.Generator | None, max_queries: int | None, adapt: Adaptation,
     params: dict[str, Any],
 ) -> AttackResult:
@@ -169,7 +166,7 @@ def _run(
 
 
 def _recheck(
-    model: nn.Module, inputs: Tensor, labels: Tensor, targets: Tensor | None, threat: LpThreat, spec: AttackSpec,
+    model: nn.Module, inputs: Tensor, labels: Tensor, targets: Tensor | None, threat: Threat, spec: AttackSpec,
     params: dict[str, Any], adversarial: Tensor, clean_pred: Tensor, clean_correct: Tensor, attacked: Tensor,
     counts: Counts, seconds: float,
 ) -> AttackResult:
@@ -186,8 +183,9 @@ def _recheck(
     if reject is not None:  # a rejected example is not a successful attack
         hit &= adv_pred != reject
     found = attacked & hit
-    norm = torch.where(found, threat.norm_of(adversarial - inputs), torch.full_like(inside, float("inf"),
-                                                                                        dtype=inputs.dtype))
+    dtype = inputs.dtype if inputs.is_floating_point() else torch.float32  # e.g. token ids: a count of edits
+    norm = torch.where(found, threat.distance(adversarial, inputs).to(dtype),
+                       torch.full_like(inside, float("inf"), dtype=dtype))
     return AttackResult(
         attack=spec.name, params=dict(params), threat=threat, targeted=targets is not None,
         adversarial=adversarial.detach().cpu(), clean_pred=clean_pred.cpu(), adv_pred=adv_pred.cpu(),

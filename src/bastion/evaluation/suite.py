@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from bastion.attacks import get_attack
 from bastion.evaluation.runner import Adaptation, AttackResult, run_attack
 from bastion.oracle import Counts
+from bastion.registry import Registry
 from bastion.threat import LpThreat
 
 
@@ -76,7 +77,17 @@ CURVE_SHARE = {"fast": None, "standard": 0.25, "thorough": None}
 CURVE_MIN_POINTS = 16
 
 
-def _stages(version: str, norm: str, detector_aware: bool) -> list[Stage]:
+SuiteFn = Callable[[str, str | None, bool], list[Stage]]  # (version, norm, detector_aware) -> the cascade
+SUITES: Registry[SuiteFn] = Registry("suite for threat kind", "bastion attacks list")
+
+
+def register_suite(kind: str) -> Callable[[SuiteFn], SuiteFn]:
+    """Register the cascade builder of a threat kind (``suite_stages`` dispatches on the threat's kind)."""
+    return SUITES.decorator(kind, lambda fn: fn)  # type: ignore[return-value]
+
+
+@register_suite("lp")
+def _stages(version: str, norm: str | None, detector_aware: bool) -> list[Stage]:
     iters = _ITERS[version]
     stages = [Stage("apgd-ce", "apgd", {"loss": "ce", "n_iter": iters}, "white-box"),
               Stage("apgd-t", "apgd-t", {"n_iter": iters, "n_target_classes": _TARGETS[version]}, "white-box")]
@@ -92,14 +103,14 @@ def _stages(version: str, norm: str, detector_aware: bool) -> list[Stage]:
     return stages
 
 
-def suite_stages(version: str, norm: str, detector_aware: bool = False) -> list[Stage]:
-    """The cascade of ``version``; ``detector_aware`` adds the white-box stages again on a detector's
-    detector-aware surrogate."""
+def suite_stages(version: str, norm: str | None, detector_aware: bool = False, *, kind: str = "lp") -> list[Stage]:
+    """The cascade of ``version`` for a threat of ``kind`` (and ``norm``, for Lp threats); ``detector_aware`` adds
+    the white-box stages again on a detector's detector-aware surrogate."""
     if version not in VERSIONS:
         from bastion.errors import InvalidInputError
 
         raise InvalidInputError(f"Unknown suite version {version!r}; use one of {', '.join(VERSIONS)}.")
-    return _stages(version, norm, detector_aware)
+    return SUITES.get(kind)(version, norm, detector_aware)
 
 
 @dataclass(frozen=True)
@@ -186,7 +197,7 @@ def run_suite(
     out = SuiteOutcome(clean_correct, torch.zeros(n, dtype=torch.bool), torch.full((n,), float("inf")),
                        [None] * n, inputs.detach().cpu().clone())
     batch = _Batch(model, inputs, labels, threat, adapt, generator, detector_adapt)
-    for stage in suite_stages(version, threat.norm, detector_adapt is not None):
+    for stage in suite_stages(version, getattr(threat, "norm", None), detector_adapt is not None, kind=threat.kind):
         todo = _curve_subset(clean_correct, _curve_cap(version, stage, out.stages)) if stage.role == "minimal" \
             else clean_correct & ~out.broken
         if not todo.any():

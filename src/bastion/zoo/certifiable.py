@@ -3,7 +3,7 @@
 ``crown-cnn``: a small conv net without max-pooling (strided convolutions instead), an ``nn.Sequential`` of
 the layer types every certifier supports (IBP and CROWN / CROWN-IBP), close to the "DM-small" model of
 Gowal et al. 2018 (conv16 4x4/2, conv32 4x4/2, fc100).
-``lipschitz-mlp``: the 1-Lipschitz GroupSort MLP of ``bastion.certify.lipschitz`` (L2 margin certificates).
+``lipschitz-mlp``: the 1-Lipschitz GroupSort MLP of ``bastion.zoo.lipschitz_layers`` (L2 margin certificates).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def crown_cnn(input_shape: tuple[int, ...], num_classes: int, *, width: int = 16
 def lipschitz_mlp_arch(
     input_shape: tuple[int, ...], num_classes: int, *, width: int = 256, depth: int = 3
 ) -> nn.Module:
-    from bastion.certify.lipschitz import lipschitz_mlp
+    from bastion.zoo.lipschitz_layers import lipschitz_mlp
 
     # Initialization follows the global RNG (``zoo.train.init_model`` seeds it) through a derived generator.
     seed = int(torch.randint(0, 2**62, ()))
