@@ -6,6 +6,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from bastion.compare.config import load_compare
@@ -58,10 +59,11 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Store, object, P
 
     with pytest.raises(KeyboardInterrupt):
         run_compare(config, store, tmp / "work", scheduler="sync", on_event=kill)
-    mtimes = {p: p.stat().st_mtime_ns for p in (tmp / "work").rglob("*.pt")}
+    mtimes = {p: p.stat().st_mtime_ns for p in (tmp / "work").rglob("*.module.safetensors")}
     second: list[Event] = []
     result = run_compare(config, store, tmp / "work", scheduler="sync", on_event=second.append)
-    assert {p: p.stat().st_mtime_ns for p in (tmp / "work").rglob("*.pt")} == mtimes  # nothing retrained
+    again = {p: p.stat().st_mtime_ns for p in (tmp / "work").rglob("*.module.safetensors")}
+    assert again == mtimes  # nothing retrained
     return store, result, tmp, first, second
 
 
@@ -171,3 +173,24 @@ def test_entry_eot_samples_reach_the_evaluation_but_not_the_build_key(tmp_path: 
     other = config.model_copy(update={"defenses": [cheaper if d.name == "smoothing" else d for d in config.defenses]})
     assert build_key(other, cheaper) == build_key(config, entry)
 
+
+
+def test_built_modules_are_recipes_and_weights_never_pickles(finished: tuple, tmp_path: Path) -> None:
+    import json as _json
+
+    from bastion.compare.build import load_built
+    from bastion.errors import CheckpointError
+
+    _, _, tmp, _, _ = finished
+    built = sorted((tmp / "work").rglob("*.module.safetensors"))
+    assert len(built) == 6  # training states (*.state.pt) hold tensors and numbers, read with weights_only=True
+    assert all(p.name.endswith(".state.pt") for p in (tmp / "work").rglob("*.pt"))
+    for path in built:
+        recipe = _json.loads(path.with_name(path.name.replace(".module.safetensors", ".module.json")).read_text())
+        assert recipe["recipe"]["kind"] in ("checkpoint", "defense")
+        module, meta = load_built(path)  # rebuilt from the recipe, weights loaded strictly
+        assert meta.num_classes == 10 and not module.training
+    old = tmp_path / "old-abc.pt"
+    torch.save(torch.nn.Linear(2, 2), old)
+    with pytest.raises(CheckpointError, match="no longer loads pickles"):
+        load_built(old)

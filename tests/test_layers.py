@@ -13,7 +13,7 @@ SRC = Path(bastion.__file__).parent
 
 # (layer, module prefixes), lowest first; the first matching prefix decides (most specific rules first).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("core", ("bastion.errors", "bastion.registry", "bastion.progress", "bastion.oracle", "bastion.version")),
+    ("core", ("bastion.errors", "bastion.registry", "bastion.progress", "bastion.oracle", "bastion.batch")),
     ("threats", ("bastion.threats", "bastion.threat", "bastion.validate")),
     ("data", ("bastion.data",)),
     ("models", ("bastion.zoo",)),
@@ -24,7 +24,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                     "bastion.certify.lipschitz", "bastion.certify._layers", "bastion.certify.smoothing",
                     "bastion.certify.config", "bastion.defenses")),
     ("transfer", ("bastion.blackbox",)),
-    ("evaluation", ("bastion.evaluation.setup", "bastion.evaluation.suite", "bastion.evaluation.diagnostics", "bastion.evaluation.adaptive",
+    ("evaluation", ("bastion.evaluation.setup", "bastion.evaluation.suite", "bastion.evaluation.diagnostics",
+                    "bastion.evaluation.adaptive",
                     "bastion.evaluation.outcome", "bastion.certify.train")),
     ("store", ("bastion.store", "bastion.evaluation.store")),
     ("runs", ("bastion.evaluation", "bastion.certify", "bastion.compare")),

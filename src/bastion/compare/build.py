@@ -1,10 +1,9 @@
 """Obtain every defense of a comparison: train it (or load what an earlier run trained) and measure its costs.
 
 Each defense becomes a *deployable module* -- the ``nn.Module`` a user would serve, inputs in the data set's
-bounds, logits (plus a rejection logit for detectors) out -- written to ``NAME-HASH.pt`` in the comparison's
-work folder, with a ``.pt.json`` sidecar holding its SHA-256, data set and input shape. The file is a pickle
-written by this code for this code (``load_built`` refuses a file whose hash does not match the sidecar);
-trained weights are also kept as ordinary safetensors checkpoints for every other bastion command.
+bounds, logits (plus a rejection logit for detectors) out -- written to ``NAME-HASH.module.safetensors`` in the
+comparison's work folder with the recipe it is rebuilt from (``compare.deployable``: weights and recipe, never a
+pickle); trained weights are also kept as ordinary safetensors checkpoints for every other bastion command.
 The hash in the name covers everything the defense was built from, so a changed spec is never reused.
 
 The build record (training seconds, forward/backward passes where counted, inference latency as a multiple
@@ -13,9 +12,6 @@ of the baseline's, measured in the same process, alternating) is what the cost c
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -26,8 +22,9 @@ import torch
 from torch import nn
 
 from bastion.compare.config import CompareConfig, DefenseEntry, spec_hash
+from bastion.compare.deployable import SUFFIX, load_deployable, rebuild, save_deployable
 from bastion.data import load_dataset
-from bastion.errors import CheckpointError, InvalidInputError
+from bastion.errors import InvalidInputError
 from bastion.zoo.checkpoint import CheckpointMeta
 
 BUILD_KIND = "compare-build"
@@ -61,7 +58,7 @@ def build_key(config: CompareConfig, entry: DefenseEntry) -> str:
 
 
 def module_path(workdir: Path, config: CompareConfig, entry: DefenseEntry) -> Path:
-    return workdir / f"{entry.name}-{build_key(config, entry)}.pt"
+    return workdir / f"{entry.name}-{build_key(config, entry)}{SUFFIX}"
 
 
 def checkpoint_path(workdir: Path, config: CompareConfig, entry: DefenseEntry) -> Path:
@@ -69,29 +66,13 @@ def checkpoint_path(workdir: Path, config: CompareConfig, entry: DefenseEntry) -
 
 
 def load_built(path: str | Path) -> tuple[nn.Module, BuiltMeta]:
-    """Load a deployable module written by ``build_entry``; its SHA-256 must match the sidecar."""
-    p = Path(path)
-    side = p.with_name(p.name + ".json")
-    if not p.exists() or not side.exists():
-        raise CheckpointError(f"{p} (or its sidecar {side.name}) is missing; re-run `bastion compare` to rebuild it.")
-    info = json.loads(side.read_text())
-    digest = hashlib.sha256(p.read_bytes()).hexdigest()
-    if digest != info.get("sha256"):
-        raise CheckpointError(f"{p} does not match the SHA-256 in {side.name}; delete both and re-run "
-                              "`bastion compare` to rebuild the defense.")
-    module = torch.load(p, map_location="cpu", weights_only=False)  # our own file, hash-checked above
-    return module.eval(), BuiltMeta(info["dataset"], tuple(info["input_shape"]), int(info["num_classes"]))
+    """Load a deployable module written by ``build_entry`` (rebuilt from its recipe, weights hash-checked)."""
+    module, info = load_deployable(path)
+    return module, BuiltMeta(info["dataset"], tuple(info["input_shape"]), int(info["num_classes"]))
 
 
-def _save_module(module: nn.Module, path: Path, dataset: str, shape: tuple[int, ...], num_classes: int) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(module.eval(), tmp)
-    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-    tmp.replace(path)
-    side = {"dataset": dataset, "input_shape": list(shape), "num_classes": num_classes, "sha256": digest}
-    path.with_name(path.name + ".json").write_text(json.dumps(side, indent=2) + "\n")
-    return digest
+def _checkpoint_recipe(out: Path, noise_sigma: float | None = None, seed: int = 0) -> dict[str, Any]:
+    return {"kind": "checkpoint", "file": out.name, "noise_sigma": noise_sigma, "seed": seed}
 
 
 # training ----------------------------------------------------------------------------------------------
@@ -114,7 +95,7 @@ def _train_standard(config: CompareConfig, out: Path, seed: int) -> tuple[nn.Mod
                           metrics={"test_accuracy": accuracy(model, data.test), "train_seconds": history.seconds})
     save_checkpoint(model, out, meta)
     return model, {"train_seconds": history.seconds, "forward_passes": history.forward_passes,
-                   "backward_passes": history.backward_passes}
+                   "backward_passes": history.backward_passes, "recipe": _checkpoint_recipe(out)}
 
 
 def _recipe_fields() -> set[str]:
@@ -140,7 +121,7 @@ def _train_adversarial(config: CompareConfig, entry: DefenseEntry, out: Path) ->
     model, meta = adversarial_train(Recipe(**fields), out)
     cost = meta.metrics["cost"]
     return model, {"train_seconds": cost["train_seconds"], "forward_passes": cost["forward_passes"],
-                   "backward_passes": cost["backward_passes"]}
+                   "backward_passes": cost["backward_passes"], "recipe": _checkpoint_recipe(out)}
 
 
 def _train_certified(config: CompareConfig, entry: DefenseEntry, out: Path) -> tuple[nn.Module, dict[str, Any]]:
@@ -161,14 +142,13 @@ def _train_certified(config: CompareConfig, entry: DefenseEntry, out: Path) -> t
     result = train_certified(cfg, dataset=config.dataset, arch=config.arch, arch_kwargs=dict(config.arch_kwargs),
                              out=out)
     model: nn.Module = result.model
+    recipe = _checkpoint_recipe(out)
     if entry.method == "smoothing":
-        from bastion.defenses.inference.base import Preprocessed
-        from bastion.defenses.inference.transforms import GaussianNoise
-
         # the base classifier under the smoothing noise (no clipping, as in Cohen et al. 2019): the attacks
         # see a randomized model and use EOT; certification uses the checkpoint.
-        model = Preprocessed(GaussianNoise(cfg.sigma, -math.inf, math.inf, seed=config.seed), result.model)
-    return model, {"train_seconds": result.seconds}
+        recipe = _checkpoint_recipe(out, noise_sigma=cfg.sigma, seed=config.seed)
+        model = rebuild(recipe, out.parent)
+    return model, {"train_seconds": result.seconds, "recipe": recipe}
 
 
 def _build_inference(config: CompareConfig, entry: DefenseEntry, workdir: Path
@@ -176,27 +156,35 @@ def _build_inference(config: CompareConfig, entry: DefenseEntry, workdir: Path
     from bastion.defenses.inference import DEFENSES
 
     data = load_dataset(config.dataset, seed=config.seed)
-    base_entry = config.entry(entry.base or config.baseline().name)
-    base, _ = load_built(module_path(workdir, config, base_entry))
+    base_path = module_path(workdir, config, config.entry(entry.base or config.baseline().name))
+    base, _ = load_built(base_path)
     params = dict(entry.params)
     spent = 0.0
-    members = [load_built(module_path(workdir, config, config.entry(m)))[0] for m in entry.members]
+    paths = [module_path(workdir, config, config.entry(m)) for m in entry.members]
+    members = [load_built(p)[0] for p in paths]
+    member_recipes = [{"kind": "deployable", "file": p.name} for p in paths]
     for i in range(entry.seeds):  # extra standard members: their training is part of this defense's cost
         start = time.perf_counter()
-        member, _ = _train_standard(config, checkpoint_path(workdir, config, entry).with_name(
+        member, record = _train_standard(config, checkpoint_path(workdir, config, entry).with_name(
             f"{entry.name}-member{i + 1}-{build_key(config, entry)}"), config.seed + i + 1)
         spent += time.perf_counter() - start
         members.append(member)
+        member_recipes.append(record["recipe"])
     if members:
         params["members"] = members
     spec = DEFENSES.get(entry.method)
+    part = None
     if spec.needs_data and "data" not in params:
-        params["data"] = data.train if spec.kind in ("distillation", "ensemble") else data.val
+        part = "train" if spec.kind in ("distillation", "ensemble") else "val"
+        params["data"] = getattr(data, part)
     if entry.method == "dynamic-ensemble":
         params.setdefault("eps", config.threat.eps)
     start = time.perf_counter()
     module = spec.build(base, **params).eval()
-    return module, {"train_seconds": spent, "build_seconds": time.perf_counter() - start}
+    recipe = {"kind": "defense", "method": entry.method, "base": {"kind": "deployable", "file": base_path.name},
+              "members": member_recipes, "params": {k: v for k, v in params.items() if k not in ("members", "data")},
+              "data": part, "dataset": config.dataset, "seed": config.seed}
+    return module, {"train_seconds": spent, "build_seconds": time.perf_counter() - start, "recipe": recipe}
 
 
 def _latency(config: CompareConfig, module: nn.Module, baseline: nn.Module) -> dict[str, float]:
@@ -231,7 +219,8 @@ def build_entry(config: CompareConfig, name: str, workdir: Path) -> dict[str, An
         module, record = _build_inference(config, entry, workdir)
     record["wall_seconds"] = time.perf_counter() - start
     data = load_dataset(config.dataset, seed=config.seed)
-    digest = _save_module(module, path, config.dataset, tuple(data.spec.shape), data.spec.num_classes)
+    facts = {"dataset": config.dataset, "input_shape": list(data.spec.shape), "num_classes": data.spec.num_classes}
+    digest = save_deployable(module, path, record.pop("recipe"), facts)
     baseline = module if entry.method == "standard" else load_built(module_path(workdir, config,
                                                                                 config.baseline()))[0]
     record |= _latency(config, module, baseline)

@@ -116,7 +116,7 @@ def prepare(config: EvalConfig) -> Setup:
 
 
 def _load_named(name: str) -> tuple[nn.Module, Any]:
-    if name.endswith(".pt"):
+    if name.endswith((".pt", ".module.safetensors")):
         from bastion.compare.build import load_built
 
         return load_built(name)

@@ -105,7 +105,7 @@ def _save_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, 
 
 def _load_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
                 ema: nn.Module | None) -> tuple[RunState, CollapseGuard]:
-    s = torch.load(path, map_location="cpu", weights_only=False)
+    s = torch.load(path, map_location="cpu", weights_only=True)  # plain tensors and numbers: nothing to unpickle
     model.load_state_dict(s["model"])
     optimizer.load_state_dict(s["optimizer"])
     generator.set_state(s["generator"])
