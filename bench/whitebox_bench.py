@@ -1,7 +1,7 @@
 """White-box attack bench (issue 3): bastion's gradient attacks against torchattacks, ART, Foolbox and adv-lib.
 
     .venv-bench/bin/python bench/whitebox_bench.py [--models digits-std,digits-pgdat] [--points 500]
-        [--attacks fgsm,pgd,apgd-ce,apgd-t,cw,deepfool,fmn] [--reps 3] [--reps-heavy 1] [--reps-quick 15]
+        [--attacks fgsm,pgd,apgd-ce,apgd-t,cw,deepfool,fmn,ddn] [--reps 3] [--reps-heavy 1] [--reps-quick 15]
         [--out bench/results/whitebox.json]
 
 Same model, same points, same settings for every library; only points the model classifies correctly are
@@ -45,13 +45,14 @@ from art.attacks.evasion import (  # noqa: E402
 )
 from art.estimators.classification import PyTorchClassifier  # noqa: E402
 
-MINIMAL = {"cw", "deepfool", "fmn"}
-HEAVY = {"apgd-t", "cw", "deepfool", "fmn"}
+MINIMAL = {"cw", "deepfool", "fmn", "ddn"}
+HEAVY = {"apgd-t", "cw", "deepfool", "fmn", "ddn"}
 QUICK = {"fgsm"}
 PGD_STEPS = 40
 CW = {"binary_search_steps": 5, "max_iterations": 100, "initial_const": 1e-2, "learning_rate": 0.01}
 DF = {"max_iter": 50, "overshoot": 0.02}
 FMN_STEPS = 100
+DDN_STEPS = 100
 
 # bastion name and hyper-parameters per bench attack
 BASTION = {
@@ -62,9 +63,11 @@ BASTION = {
     "cw": ("cw", dict(CW)),
     "deepfool": ("deepfool", {"max_iter": DF["max_iter"], "overshoot": DF["overshoot"], "candidates": 10}),
     "fmn": ("fmn", {"steps": FMN_STEPS}),
+    "ddn": ("ddn", {"steps": DDN_STEPS}),
 }
 NORMS = {"fgsm": ("linf", "l2"), "pgd": ("linf", "l2"), "apgd-ce": ("linf", "l2"), "apgd-t": ("linf", "l2"),
-         "cw": ("l2",), "deepfool": ("l2", "linf"), "fmn": ("linf", "l2")}
+         "cw": ("l2",), "deepfool": ("l2", "linf"), "fmn": ("linf", "l2"),
+         "ddn": ("l2",)}
 SETTINGS = {
     "fgsm": "one signed/normalized gradient step of size eps, no random start",
     "pgd": f"{PGD_STEPS} steps, step 2.5*eps/{PGD_STEPS}, random start, 1 restart, CE loss",
@@ -74,6 +77,8 @@ SETTINGS = {
           "initial c {initial_const}, kappa 0, abort early".format(**CW),
     "deepfool": "50 iterations max, overshoot 0.02, 10 candidate classes",
     "fmn": f"{FMN_STEPS} steps, library defaults otherwise",
+    "ddn": f"{DDN_STEPS} steps, initial norm 1, gamma 0.05, step 1 -> 0.01 cosine (paper); no quantization "
+           "(adv-lib levels=None)",
 }
 
 
@@ -166,6 +171,9 @@ def peers(attack: str, norm: str, eps: float, counter: common.RowCounter, x: Ten
         att = fb.attacks.LInfFMNAttack if norm == "linf" else fb.attacks.L2FMNAttack
         out["foolbox"] = fbx(att(steps=FMN_STEPS), None)
         out["adv-lib"] = lambda: al.fmn(counter, x, y, norm=ordv, steps=FMN_STEPS)
+    elif attack == "ddn":
+        out["adv-lib"] = lambda: al.ddn(counter, x, y, steps=DDN_STEPS, γ=0.05, init_norm=1.0, levels=None)
+        out["foolbox"] = fbx(fb.attacks.DDNAttack(init_epsilon=1.0, steps=DDN_STEPS, gamma=0.05), None)
     return out
 
 

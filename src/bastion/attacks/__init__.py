@@ -1,6 +1,6 @@
 """Attacks: one algorithm per module, each registered in ``ATTACKS`` with its metadata."""
 
-from bastion.attacks import apgd, cw, deepfool, fgsm, fmn, pgd  # noqa: F401  (import registers)
+from bastion.attacks import apgd, cw, ddn, deepfool, fgsm, fmn, pgd  # noqa: F401  (import registers)
 from bastion.attacks.adaptive import bpda, eot
 from bastion.attacks.base import ATTACKS, AttackSpec, get_attack, register_attack
 

@@ -23,6 +23,9 @@ def adv_train(
     lr: float = typer.Option(None, min=0.0),
     schedule: str = typer.Option(None, help="fixed | auto (eps curriculum + early-stopped PGD)"),
     ema_decay: float = typer.Option(None, help="average the weights (e.g. 0.995)"),
+    swa_start: int = typer.Option(None, min=0, help="SWA instead of EMA: average the weights of every epoch from "
+                                                    "this one on (counted from 0)"),
+    swa_lr: float = typer.Option(None, min=0.0, help="SWA: constant learning rate from --swa-start on"),
     seed: int = typer.Option(None),
     train_subset: int = typer.Option(None, min=1, help="train on the first N training points only"),
     resume: bool = typer.Option(True, help="continue from OUT.state.pt if present"),
@@ -43,7 +46,7 @@ def adv_train(
     torch.set_num_threads(threads)
     overrides = {"defense": defense, "dataset": dataset, "arch": arch, "eps": eps, "epochs": epochs,
                  "batch_size": batch_size, "lr": lr, "schedule": schedule, "ema_decay": ema_decay, "seed": seed,
-                 "train_subset": train_subset}
+                 "train_subset": train_subset, "swa_start": swa_start, "swa_lr": swa_lr}
     if recipe is not None:
         config = load_recipe(recipe, **overrides)
     else:

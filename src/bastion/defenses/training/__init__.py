@@ -6,7 +6,7 @@ runs a whole recipe (``Recipe`` / ``load_recipe``) and saves a checkpoint; see d
 """
 
 from bastion.defenses.training import awp, fast_at, mart, pgd_at, trades  # noqa: F401  (import registers)
-from bastion.defenses.training.averaging import ema_update, recompute_bn
+from bastion.defenses.training.averaging import ema_update, recompute_bn, swa_model, swa_update
 from bastion.defenses.training.awp import awp_step
 from bastion.defenses.training.base import METHODS, MethodSpec, StepContext, StepStats
 from bastion.defenses.training.curriculum import AutoSchedule
@@ -36,6 +36,8 @@ __all__ = [
     "pgd_at_step",
     "recompute_bn",
     "robust_accuracy",
+    "swa_model",
+    "swa_update",
     "trades_step",
     "train_epochs",
 ]

@@ -1,16 +1,19 @@
-"""Weight averaging against robust overfitting: an exponential moving average of the weights, with the
-batch-norm statistics recomputed for the averaged weights.
+"""Weight averaging against robust overfitting: an exponential moving average (EMA) or the stochastic weight
+average (SWA) of the weights, with the batch-norm statistics recomputed for the averaged weights.
 
 Izmailov, Podoprikhin, Garipov, Vetrov & Wilson 2018, "Averaging Weights Leads to Wider Optima and Better
-Generalization" (SWA, BN recomputation); Gowal, Qin, Uesato, Mann & Kohli 2020, "Uncovering the Limits of
-Adversarial Training against Norm-Bounded Adversarial Examples" (EMA of the weights improves robust accuracy
-and removes most robust overfitting; decay 0.995).
+Generalization" (SWA: an equal-weight running average of the weights, taken once per epoch from a start epoch on,
+optionally at a constant SWA learning rate, then batch-norm statistics recomputed for the averaged weights; here
+with ``torch.optim.swa_utils``' ``AveragedModel`` and ``update_bn``); Gowal, Qin, Uesato, Mann & Kohli 2020,
+"Uncovering the Limits of Adversarial Training against Norm-Bounded Adversarial Examples" (an EMA of the weights
+improves robust accuracy and removes most robust overfitting; decay 0.995), as do Rebuffi et al. 2021.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel
 
 DECAY = 0.995
 
@@ -36,3 +39,18 @@ def recompute_bn(model: nn.Module, x: Tensor, batch_size: int = 256) -> None:
         return
     torch.optim.swa_utils.update_bn([x[i:i + batch_size] for i in range(0, len(x), batch_size)], model)
     model.eval()
+
+
+def swa_model(model: nn.Module) -> AveragedModel:
+    """An equal-weight running average of ``model``'s parameters (empty until the first ``swa_update``); its
+    buffers are not averaged: ``swa_update`` recomputes the batch-norm statistics for the averaged weights."""
+    return AveragedModel(model)
+
+
+@torch.no_grad()
+def swa_update(average: AveragedModel, model: nn.Module, x: Tensor) -> nn.Module:
+    """Add ``model``'s weights to the average (the mean of all weights added so far) and recompute its batch-norm
+    statistics on ``x``; returns the averaged network (``average.module``) in eval mode."""
+    average.update_parameters(model)
+    recompute_bn(average.module, x)
+    return average.module.eval()

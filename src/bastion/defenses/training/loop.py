@@ -1,4 +1,4 @@
-"""The adversarial-training loop: schedules, robust validation, collapse guard, EMA, resumable state, DDP.
+"""The adversarial-training loop: schedules, robust validation, collapse guard, EMA or SWA, resumable state, DDP.
 
 ``adversarial_train(recipe, out)`` trains from a ``Recipe`` and writes a checkpoint (``out.safetensors`` +
 ``out.json``, the recipe, costs and validation curves in its metadata), a plot (``out.png``) and, after
@@ -22,11 +22,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from bastion.data import load_dataset
 from bastion.data.base import Split
 from bastion.defenses.training.atta import PerturbationMemory
-from bastion.defenses.training.averaging import ema_update, recompute_bn
+from bastion.defenses.training.averaging import ema_update, recompute_bn, swa_model, swa_update
 from bastion.defenses.training.base import METHODS, StepContext
 from bastion.defenses.training.curriculum import AutoSchedule
 from bastion.defenses.training.guard import CollapseGuard, robust_accuracy
@@ -75,8 +76,11 @@ def rank_world() -> tuple[int, int]:
     return 0, 1
 
 
-def lr_at(recipe: Recipe, progress: float) -> float:
-    """Cyclic: 0 -> lr at 2/5 of training -> 0 (Wong et al. 2020); piecewise: x0.1 at 1/2 and 3/4 (Madry, Rice)."""
+def lr_at(recipe: Recipe, progress: float, epoch: int = 0) -> float:
+    """Cyclic: 0 -> lr at 2/5 of training -> 0 (Wong et al. 2020); piecewise: x0.1 at 1/2 and 3/4 (Madry, Rice);
+    ``swa_lr`` from epoch ``swa_start`` on (Izmailov et al. 2018: a constant SWA learning rate)."""
+    if recipe.swa_lr is not None and recipe.swa_start is not None and epoch >= recipe.swa_start:
+        return recipe.swa_lr
     if recipe.lr_schedule == "cyclic":
         peak = 0.4
         return recipe.lr * (progress / peak if progress < peak else max(0.0, (1 - progress) / (1 - peak)))
@@ -93,24 +97,27 @@ def make_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
 
 
 def _save_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
-                run: RunState, ema: nn.Module | None, guard: CollapseGuard) -> None:
+                run: RunState, ema: nn.Module | None, swa: AveragedModel | None, guard: CollapseGuard) -> None:
     tmp = path.with_suffix(".tmp")
     saved_run = {f.name: getattr(run, f.name) for f in fields(run)} | {
         "schedule": None if run.schedule is None else asdict(run.schedule),
         "memory": None if run.memory is None else run.memory.state()}
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
-                "run": saved_run, "ema": None if ema is None else ema.state_dict(), "guard": guard.state()}, tmp)
+                "run": saved_run, "ema": None if ema is None else ema.state_dict(),
+                "swa": None if swa is None else swa.state_dict(), "guard": guard.state()}, tmp)
     os.replace(tmp, path)
 
 
 def _load_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
-                ema: nn.Module | None) -> tuple[RunState, CollapseGuard]:
+                ema: nn.Module | None, swa: AveragedModel | None) -> tuple[RunState, CollapseGuard]:
     s = torch.load(path, map_location="cpu", weights_only=True)  # plain tensors and numbers: nothing to unpickle
     model.load_state_dict(s["model"])
     optimizer.load_state_dict(s["optimizer"])
     generator.set_state(s["generator"])
     if ema is not None and s["ema"] is not None:
         ema.load_state_dict(s["ema"])
+    if swa is not None and s.get("swa") is not None:
+        swa.load_state_dict(s["swa"])
     run = RunState(**{k: v for k, v in s["run"].items() if k not in ("schedule", "memory")})
     run.schedule = None if s["run"]["schedule"] is None else AutoSchedule(**s["run"]["schedule"])
     memory = s["run"].get("memory")
@@ -131,19 +138,21 @@ def train_epochs(
     """Train ``model`` in place by ``recipe``; returns (the selected model, the run state).
 
     The selected model is the best epoch by robust validation accuracy (Rice et al. 2020) of the raw or,
-    with ``ema_decay``, the averaged weights. ``step_fn`` overrides the recipe's method (tests).
+    with ``ema_decay``, the averaged weights (with ``swa_start``: the raw weights before that epoch, the SWA
+    average from it on). ``step_fn`` overrides the recipe's method (tests).
     """
     rank, world = rank_world()
     step_fn = step_fn or METHODS.get(recipe.defense).step
     optimizer = make_optimizer(recipe, model)
     generator = torch.Generator().manual_seed(recipe.seed)
     ema = copy.deepcopy(model) if recipe.ema_decay else None
+    swa = swa_model(model) if recipe.swa_start is not None else None
     run, guard = RunState(), CollapseGuard(drop=recipe.collapse_drop)
     if recipe.schedule == "auto":
         run.schedule = AutoSchedule.begin(recipe.eps)
     run.memory = PerturbationMemory(len(train))  # stays empty unless the method stores perturbations (ATTA)
     if state_path is not None and state_path.exists():
-        run, guard = _load_state(state_path, model, optimizer, generator, ema)
+        run, guard = _load_state(state_path, model, optimizer, generator, ema, swa)
     vx, vy = val.x[:recipe.val_size], val.y[:recipe.val_size]
     cx, cy = val.x[:recipe.check_size], val.y[:recipe.check_size]
     n, per_epoch = len(train), math.ceil(len(train) / recipe.batch_size)
@@ -156,7 +165,7 @@ def train_epochs(
         for b, idx in enumerate(batches):
             progress = run.step / total_steps
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(recipe, progress)
+                group["lr"] = lr_at(recipe, progress, run.epoch)
             eps = _eps_at(recipe, run, progress, per_epoch)
             if run.schedule is not None and tau_param and "early_stop_tau" not in recipe.method:
                 kwargs["early_stop_tau"] = run.schedule.tau_at(progress)
@@ -179,15 +188,15 @@ def train_epochs(
                 break
         run.seconds += time.perf_counter() - start
         run.cpu_seconds += time.process_time() - cpu
-        _end_epoch(model, ema, run, recipe, train, vx, vy, losses, eps, on_event)
+        _end_epoch(model, ema, swa, run, recipe, train, vx, vy, losses, eps, on_event)
         run.epoch += 1
         if recipe.patience and run.epoch - 1 - run.best_epoch >= recipe.patience:
             run.stopped = run.stopped or f"early stop: no robust validation gain for {recipe.patience} epochs"
         if state_path is not None and rank == 0:
-            _save_state(state_path, model, optimizer, generator, run, ema, guard)
+            _save_state(state_path, model, optimizer, generator, run, ema, swa, guard)
         if world > 1:
             dist.barrier()
-    selected = ema if ema is not None else model
+    selected = ema if ema is not None else swa.module if swa is not None and int(swa.n_averaged) else model
     if run.best_state is not None:
         selected.load_state_dict(run.best_state)
     return selected.eval(), run
@@ -223,13 +232,15 @@ def _check(model: nn.Module, guard: CollapseGuard, run: RunState, recipe: Recipe
     return False
 
 
-def _end_epoch(model: nn.Module, ema: nn.Module | None, run: RunState, recipe: Recipe, train: Split,
-               vx: torch.Tensor, vy: torch.Tensor, losses: list[float], eps: float,
+def _end_epoch(model: nn.Module, ema: nn.Module | None, swa: AveragedModel | None, run: RunState, recipe: Recipe,
+               train: Split, vx: torch.Tensor, vy: torch.Tensor, losses: list[float], eps: float,
                on_event: Callable[[Event], None] | None) -> None:
     evaluated = model
     if ema is not None:
         recompute_bn(ema, train.x[:4096])
         evaluated = ema
+    if swa is not None and recipe.swa_start is not None and run.epoch >= recipe.swa_start:
+        evaluated = swa_update(swa, model, train.x[:4096])
     clean, robust = robust_accuracy(evaluated, vx, vy, LpThreat(recipe.norm, recipe.eps), steps=recipe.val_steps,
                                     seed=recipe.seed + 1)
     h = run.history

@@ -51,6 +51,9 @@ class Recipe(BaseModel):
     check_size: int = Field(256, ge=1)
     collapse_drop: float = Field(0.2, gt=0, le=1)
     ema_decay: float | None = Field(None, gt=0, lt=1)
+    swa_start: int | None = Field(None, ge=0, description="SWA: average the weights of every epoch from this one "
+                                                         "on (counted from 0), with equal weights")
+    swa_lr: float | None = Field(None, gt=0, description="SWA: constant learning rate from swa_start on")
     patience: int | None = Field(None, ge=1, description="early stopping on robust validation accuracy")
     test_size: int = Field(1000, ge=1, description="test points for the final PGD robust accuracy")
     seed: int = 0
@@ -65,6 +68,18 @@ class Recipe(BaseModel):
         if unknown:
             raise ValueError(f"method options {unknown} are not hyperparameters of {self.defense}; "
                              f"allowed: {sorted(allowed)}")
+        return self
+
+    @model_validator(mode="after")
+    def _one_average(self) -> Recipe:
+        if self.ema_decay is not None and self.swa_start is not None:
+            raise ValueError(f"ema_decay ({self.ema_decay}) and swa_start ({self.swa_start}) are both set; "
+                             "choose one weight average: EMA (ema_decay) or SWA (swa_start)")
+        if self.swa_lr is not None and self.swa_start is None:
+            raise ValueError("swa_lr needs swa_start (the epoch from which the weights are averaged)")
+        if self.swa_start is not None and self.swa_start >= self.epochs:
+            raise ValueError(f"swa_start ({self.swa_start}) must be below epochs ({self.epochs}): "
+                             "the average takes the weights at the end of epochs swa_start .. epochs - 1")
         return self
 
 
