@@ -251,3 +251,77 @@ def test_an_attack_refuses_a_threat_kind_it_does_not_declare() -> None:
         run_attack(model, x, y, ToyTabularThreat(0.2), "pgd")
     with pytest.raises(InvalidInputError, match="works on toy-tabular threats, not lp"):
         run_attack(model, x, y, LpThreat("linf", 0.1, lower=-1e3, upper=1e3), "toy-tabular-pgd")
+
+
+# ---- a structured batch: token ids with an attention mask ----------------------------------------------------------
+class MaskedBag(nn.Module):
+    """A classifier of ``{"ids": (N, L) long, "mask": (N, L) bool}``: the mean embedding of the unmasked tokens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.head = nn.Embedding(20, 8), nn.Linear(8, 2)
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        m = batch["mask"].float()[..., None]
+        return self.head((self.embed(batch["ids"]) * m).sum(1) / m.sum(1).clamp_min(1))
+
+
+@dataclass(frozen=True)
+class MaskedSubstitutionThreat:
+    """``ToySubstitutionThreat`` on ``batch["ids"]``; the mask may never change."""
+
+    inner: ToySubstitutionThreat
+    kind: ClassVar[str] = "toy-substitution"
+
+    def contains(self, x_adv: dict[str, Tensor], inputs: dict[str, Tensor]) -> Tensor:
+        return self.inner.contains(x_adv["ids"], inputs["ids"]) & (x_adv["mask"] == inputs["mask"]).all(1)
+
+    def project(self, x_adv: dict[str, Tensor], inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {"ids": self.inner.project(x_adv["ids"], inputs["ids"]), "mask": inputs["mask"].clone()}
+
+    def distance(self, x_adv: dict[str, Tensor], inputs: dict[str, Tensor]) -> Tensor:
+        return self.inner.distance(x_adv["ids"], inputs["ids"])
+
+    def random_start(self, inputs: dict[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        return {k: v.clone() for k, v in inputs.items()}
+
+    def select(self, index: Tensor) -> MaskedSubstitutionThreat:
+        return self
+
+    def validate(self, inputs: dict[str, Tensor]) -> None:
+        self.inner.validate(inputs["ids"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.inner.to_dict()
+
+
+def _masked_greedy(model: nn.Module, inputs: dict[str, Tensor], labels: Tensor, threat: MaskedSubstitutionThreat,
+                   *, targeted: bool = False, generator: torch.Generator | None = None, flip_mask: bool = False
+                   ) -> dict[str, Tensor]:
+    ids = _greedy_substitution(lambda i: model({"ids": i, "mask": inputs["mask"]}), inputs["ids"], labels,
+                               threat.inner)
+    return {"ids": ids, "mask": ~inputs["mask"] if flip_mask else inputs["mask"].clone()}
+
+
+def test_a_structured_batch_goes_through_the_runner_and_its_counter() -> None:
+    register_attack("toy-masked-greedy", norms=(), goal="budget", paper="test",
+                    threats=("toy-substitution",))(_masked_greedy)
+    try:
+        x, _, _, sub = _text_data()
+        mask = torch.ones_like(x, dtype=torch.bool)
+        mask[:, 4:] = torch.arange(40)[:, None] % 3 != 0  # some sequences are shorter
+        batch = {"ids": x, "mask": mask}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(3)
+            model = MaskedBag().eval()
+        with torch.no_grad():
+            y = model(batch).argmax(1)
+        threat = MaskedSubstitutionThreat(sub)
+        result = run_attack(model, batch, y, threat, "toy-masked-greedy")
+        assert 0 < int(result.success.sum()) < len(y) and result.outside_threat == 0
+        assert threat.contains(result.adversarial, batch).all()
+        assert int(result.counts.forward.min()) > 0  # the counting wrapper attributed the dict batch's passes
+        cheat = run_attack(model, batch, y, threat, "toy-masked-greedy", flip_mask=True)
+        assert cheat.outside_threat == len(y) and torch.equal(cheat.adversarial["mask"], mask)
+    finally:
+        ATTACKS._entries.pop("toy-masked-greedy")

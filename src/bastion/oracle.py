@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from bastion.batch import Batch, batch_size
 from bastion.errors import QueryBudgetExceeded
 
 
@@ -106,8 +107,8 @@ class CountingModel(nn.Module):
             "wrap the call in `with attribute(model, index):` to say which samples it holds."
         )
 
-    def forward(self, x: Tensor) -> Tensor:
-        rows = self._rows(x.shape[0])
+    def forward(self, x: Batch) -> Tensor:
+        rows = self._rows(batch_size(x))
         if self.max_queries is not None:
             spent = self.forward_counts.index_select(0, rows)
             if (spent >= self.max_queries).any():

@@ -7,6 +7,7 @@ import warnings
 import torch
 from torch import Tensor, nn
 
+from bastion.batch import Batch, leaves, take
 from bastion.errors import InvalidInputError
 from bastion.threats import Threat
 
@@ -28,16 +29,21 @@ def check_labels(labels: Tensor, n: int, num_classes: int) -> None:
         )
 
 
-def probe_model(model: nn.Module, inputs: Tensor) -> int:
+def probe_model(model: nn.Module, inputs: Batch) -> int:
     """Run one sample through the model; return its number of classes or explain a shape mismatch."""
     try:
         with torch.no_grad():
-            out = model(inputs[:1])
-    except RuntimeError as exc:
+            out = model(take(inputs, slice(0, 1)))
+    except (RuntimeError, TypeError, KeyError, IndexError) as exc:
+        shape = [tuple(t.shape[1:]) for t in leaves(inputs)]
         raise InvalidInputError(
-            f"The model cannot take inputs of shape {tuple(inputs.shape[1:])} per sample ({str(exc).splitlines()[0]}). "
-            "Use the data set the model was trained on, or reshape the inputs."
+            f"The model cannot take inputs of shape {shape[0] if len(shape) == 1 else shape} per sample "
+            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}). Use the data the model was trained "
+            "on, or reshape the inputs."
         ) from None
+    if not isinstance(out, Tensor):
+        raise InvalidInputError(f"The model must return a tensor of logits (N, classes); it returned a "
+                                f"{type(out).__name__}. Wrap it so that forward returns the logits.")
     if out.dim() != 2:
         raise InvalidInputError(f"The model must return logits of shape (N, classes); it returned {tuple(out.shape)}.")
     return int(out.shape[1])

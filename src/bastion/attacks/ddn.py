@@ -85,7 +85,7 @@ def _step(s: _State, direction: Tensor, hit: Tensor, alpha: float, gamma: float,
     delta = torch.addcmul(s.delta, direction, alpha / row_norms(direction).clamp_min_(1e-12))
     s.eps = torch.minimum(s.eps * torch.where(hit, 1 - gamma, 1 + gamma), s.worst)
     scale = per_sample(s.eps, delta) / row_norms(delta).clamp_min_(1e-12)
-    s.xa = torch.addcmul(s.x, delta, scale).clamp_(threat.lower, threat.upper)
+    s.xa = torch.addcmul(s.x, delta, scale).clamp_(*threat.bounds(s.x))
     s.delta = s.xa - s.x
 
 
@@ -120,7 +120,8 @@ def ddn(
         raise ValueError(f"DDN is an L2 attack; got a {threat.norm} threat. Use fmn for L-inf or L1.")
     x = inputs.detach()
     keep = None if threat.mask is None else threat.mask.to(device=x.device, dtype=x.dtype).expand_as(x)
-    far = torch.maximum(x - threat.lower, threat.upper - x)
+    lower, upper = threat.bounds(x)
+    far = torch.maximum(x - lower, upper - x)
     worst = row_norms(far if keep is None else far * keep).flatten()
     s = _State(x, labels, torch.full_like(worst, float(init_norm)), worst)
     out = x.clone()

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from bastion.attacks import get_attack
 from bastion.attacks.base import AttackSpec
+from bastion.batch import Batch, batch_size, clone, detach, put_, take, to
 from bastion.errors import InvalidInputError
 from bastion.evaluation.config import TargetChoice
 from bastion.oracle import CountingModel, Counts
@@ -43,7 +44,7 @@ class AttackResult:
     params: dict[str, Any]
     threat: Threat
     targeted: bool
-    adversarial: Tensor  # (N, ...) examples as re-checked (inside the threat model for budget attacks)
+    adversarial: Batch  # (N, ...) examples as re-checked (inside the threat model for budget attacks), on the CPU
     clean_pred: Tensor
     adv_pred: Tensor
     clean_correct: Tensor
@@ -125,9 +126,9 @@ def run_attack(
     was_training = ensure_eval(model)
     try:
         num_classes = probe_model(model, inputs)
-        check_labels(labels, inputs.shape[0], num_classes)
+        check_labels(labels, batch_size(inputs), num_classes)
         if targets is not None:
-            check_labels(targets, inputs.shape[0], num_classes)
+            check_labels(targets, batch_size(inputs), num_classes)
         return _run(model, inputs, labels, threat, spec, targets, generator, max_queries, adapt or Adaptation(), params)
     finally:
         if was_training:
@@ -139,13 +140,13 @@ def _run(
     targets: Tensor | None, generator: torch.Generator | None, max_queries: int | None, adapt: Adaptation,
     params: dict[str, Any],
 ) -> AttackResult:
-    n = inputs.shape[0]
+    n = batch_size(inputs)
     with torch.no_grad():
         clean_pred = model(inputs).argmax(1)
     clean_correct = clean_pred == labels
     todo = clean_correct if targets is None else clean_correct & (clean_pred != targets)
     idx = todo.nonzero().flatten()
-    adversarial = inputs.detach().clone()
+    adversarial = clone(inputs)
     counts = Counts(torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long))
     start = time.perf_counter()
     if max_queries is not None and "max_queries" in inspect.signature(spec.fn).parameters:
@@ -154,9 +155,9 @@ def _run(
         counting = CountingModel(adapt.surrogate or model, idx.numel(), max_queries=max_queries)
         seen = adapt.wrap(counting) if adapt.wrap is not None else counting
         goal = labels[idx] if targets is None else targets[idx]
-        out = spec.fn(seen, inputs[idx], goal, threat.select(idx), targeted=targets is not None,
+        out = spec.fn(seen, take(inputs, idx), goal, threat.select(idx), targeted=targets is not None,
                       generator=generator, **params)
-        adversarial[idx] = out.detach().to(inputs)
+        put_(adversarial, idx, out)
         c = counting.counts()
         counts.forward[idx.cpu()] = c.forward
         counts.backward[idx.cpu()] = c.backward
@@ -183,12 +184,13 @@ def _recheck(
     if reject is not None:  # a rejected example is not a successful attack
         hit &= adv_pred != reject
     found = attacked & hit
-    dtype = inputs.dtype if inputs.is_floating_point() else torch.float32  # e.g. token ids: a count of edits
+    floats = isinstance(inputs, Tensor) and inputs.is_floating_point()
+    dtype = inputs.dtype if floats else torch.float32  # e.g. token ids: the distance is a count of edits
     norm = torch.where(found, threat.distance(adversarial, inputs).to(dtype),
                        torch.full_like(inside, float("inf"), dtype=dtype))
     return AttackResult(
         attack=spec.name, params=dict(params), threat=threat, targeted=targets is not None,
-        adversarial=adversarial.detach().cpu(), clean_pred=clean_pred.cpu(), adv_pred=adv_pred.cpu(),
+        adversarial=to(detach(adversarial), "cpu"), clean_pred=clean_pred.cpu(), adv_pred=adv_pred.cpu(),
         clean_correct=clean_correct.cpu(), success=(found & inside).cpu(), norm=norm.cpu(), counts=counts,
         seconds=seconds, outside_threat=outside,
     )
