@@ -6,7 +6,7 @@ Run with the bench venv (ART is imported here only):
     .venv-bench/bin/python bench/certify_bench.py [--points 100] [--out bench/results/certify.json]
 
 Everything runs single-threaded (``torch.set_num_threads(1)``). Models are trained from scratch (checkpoints
-go to ``--models``, reused when present and ``--reuse`` is given), certified with ``bastion.certify.job``
+go to ``--models``, reused when present and ``--reuse`` is given), certified with ``bastion.certification.job``
 (certified accuracy next to the empirical robust accuracy of an APGD attack on the same points), and the
 results are written as JSON; ``--markdown`` prints the table for docs/BENCHMARKS.md.
 """
@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from bastion.certify import smoothing
-from bastion.certify.job import CertifyConfig, certify_run
-from bastion.certify.train import CertTrainConfig, train_certified
+from bastion.certification import smoothing
+from bastion.certification.job import CertifyConfig, certify_run
+from bastion.certification.train import CertTrainConfig, train_certified
 from bastion.data import load_dataset
 from bastion.evaluation.store import Store
 from bastion.zoo import load_model
@@ -131,7 +131,8 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"MNIST test split, first {s['points']} points (smoothing and the ART comparison: first "
         f"{s['smoothing_points']}; full CROWN: first {s['crown_points']}). Models trained here from scratch on the "
-        "MNIST training split with `bastion.certify.train` (Adam 1e-3, batch 128): `crown-cnn` (conv16-conv32-fc100, "
+        "MNIST training split with `bastion.certification.train` (Adam 1e-3, batch 128): `crown-cnn` "
+        "(conv16-conv32-fc100, "
         f"no max-pooling) for Gaussian noise ({s['epochs']['gaussian']} epochs per sigma), IBP and CROWN-IBP "
         f"({s['epochs']['ibp']} epochs: half an epoch of warm-up, {s['epochs']['ibp'] / 2:g} of linear ramp of eps "
         f"to 0.4, then 0.4), and `lipschitz-mlp` "

@@ -259,3 +259,27 @@ def test_a_per_feature_threat_is_recorded_whole_and_rebuilt(tmp_path: Path) -> N
     assert threat_from_dict(stored.threat).to_dict() == threat.to_dict()
     plain = bastion.attack(model, x.clamp(0, 1), y, bastion.LpThreat("linf", 0.1), "fgsm", progress=False)
     assert plain.config["threat"] is None  # norm and eps say it all, as in runs stored before the field existed
+
+
+def test_certify_a_users_lipschitz_model_in_one_call(tmp_path: Path) -> None:
+    """bastion.certify on a model built in the caller's code: the certificate never exceeds what the attack
+    leaves (certified accuracy <= empirical robust accuracy at eps), and the report is written."""
+    from bastion.zoo.lipschitz_layers import lipschitz_mlp
+
+    data = load_dataset("digits")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = lipschitz_mlp((1, 8, 8), 10, width=64, depth=2)
+        opt = torch.optim.Adam(model.parameters(), 1e-2)
+        for _ in range(15):
+            for idx in torch.arange(len(data.train.y)).split(128):
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(model(data.train.x[idx]) * 8, data.train.y[idx]).backward()
+                opt.step()
+    x, y = data.test.x[:40], data.test.y[:40]
+    report = bastion.certify(model.eval(), x, y, method="lipschitz", eps=0.2, progress=False,
+                             report_dir=tmp_path / "cert", attack="pgd")
+    s = report.summary
+    assert s["clean_accuracy"] > 0.5 and 0 < s["certified_accuracy_at_eps"] <= report.robust_accuracy
+    assert (tmp_path / "cert" / "report.json").exists() and "<img" in report.to_html()
+    assert callable(bastion.certify) and callable(bastion.evaluate)

@@ -16,7 +16,7 @@ from typing import Any
 from bastion.errors import BastionError
 from bastion.threat import LpThreat
 
-_API = ("Report", "attack", "evaluate")  # bastion.api, imported on first use so `import bastion` stays light
+_API = ("Report", "attack", "certify", "evaluate")  # bastion.api, imported on first use so `import bastion` stays light
 
 
 def __getattr__(name: str) -> Any:
@@ -27,4 +27,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'bastion' has no attribute {name!r}")
 
 
-__all__ = ["BastionError", "LpThreat", "Report", "__version__", "attack", "evaluate"]
+__all__ = ["BastionError", "LpThreat", "Report", "__version__", "attack", "certify", "evaluate"]

@@ -120,6 +120,82 @@ def attack(model: nn.Module, inputs: Tensor | Iterable[Any], labels: Tensor | No
     return run_setup(setup, device=device, store=store, report_dir=report_dir, progress=progress, fresh=fresh)
 
 
+def certify(model: nn.Module, inputs: Tensor | Iterable[Any], labels: Tensor | None = None, *,
+            method: Literal["smoothing", "ibp", "crown", "lipschitz"], eps: float | None = None,
+            sigma: float | None = None, norm: Literal["linf", "l2"] | None = None, radii: list[float] | None = None,
+            lower: float = 0.0, upper: float = 1.0, seed: int = 0, store: StoreLike = None,
+            report_dir: ReportDir = None, progress: bool = True, batch_size: int = 100, name: str | None = None,
+            fresh: bool = False, **options: Any) -> Report:
+    """Certify ``model`` on the points (randomized smoothing with ``sigma``, IBP, CROWN / CROWN-IBP bounds, or a
+    1-Lipschitz margin certificate) and attack the same points, as ``bastion certify`` does: certified accuracy
+    (a lower bound on robust accuracy) next to the attack's robust accuracy (an upper bound) at every radius.
+    ``options`` are the other ``CertifyConfig`` fields (``preset``, ``samples``, ``alpha``, ``bound``, ``attack``,
+    ``attack_params``...). ``Report.robust_accuracy`` is the empirical one; ``summary["certified_accuracy_at_eps"]``
+    the certified one."""
+    from bastion.certification.config import CertifyConfig
+    from bastion.certification.job import CertifySetup, check_method
+
+    if not isinstance(model, nn.Module):
+        raise InvalidInputError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
+    x, y = _tensors(inputs, labels)
+    model.eval()
+    check_method(model, method)
+    label = name or f"python:{type(model).__module__}.{type(model).__qualname__}@{fingerprint(model)}"
+    config = CertifyConfig(method=method, model=label, dataset=f"tensors:{_data_hash(x, y)}", n=len(y), eps=eps,
+                           sigma=sigma, norm=norm, radii=radii, batch_size=batch_size, seed=seed, **options)
+    setup = CertifySetup(model, Split(x, y), lower, upper, config)
+    return run_certify(setup, store=store, report_dir=report_dir, progress=progress, fresh=fresh)
+
+
+def run_certify(setup: Any, *, store: StoreLike = None, report_dir: ReportDir = None, progress: bool = True,
+                fresh: bool = False) -> Report:
+    """Run a prepared ``CertifySetup`` and report it: what ``certify`` does after building the setup, and what
+    ``bastion certify`` calls after resolving names (``certification.job.certify_prepare``)."""
+    from bastion.certification.job import run_certify_setup
+
+    with _opened(store) as st, _certify_bar(progress) as tick:
+        outcome = run_certify_setup(setup, st, fresh=fresh, on_progress=tick)
+        return _certify_report(st.get_run(outcome.run_id), report_dir)
+
+
+@contextmanager
+def _certify_bar(progress: bool) -> Iterator[Callable[[Any], None] | None]:
+    if not progress:
+        yield None
+        return
+    from bastion.progress import progress_bar
+
+    with progress_bar(transient=True) as bar:
+        task = bar.add_task("certify", total=None, info="")  # the total arrives with the first tick
+
+        def tick(p: Any) -> None:
+            if p.resumed:
+                bar.console.print(f"resuming an unfinished run with the same configuration: {p.resumed} points done")
+            bar.update(task, total=p.total, completed=p.done, info=f"certified {p.certified}")
+
+        yield tick
+
+
+def _certify_report(run_: Run, report_dir: ReportDir) -> Report:
+    import base64
+    import html as html_lib
+
+    from bastion.certification import report as certify_report
+
+    folder = report_dir(run_.id) if callable(report_dir) else report_dir
+    paths: dict[str, Path] = {}
+    if folder is not None:
+        paths = dict(zip(("json", "markdown", "png"), certify_report.write_reports(run_, Path(folder)), strict=True))
+    markdown = certify_report.report_markdown(run_)
+    with tempfile.TemporaryDirectory(prefix="bastion-") as tmp:
+        png = certify_report.plot_curves(run_, Path(tmp) / "curves.png").read_bytes()
+    page = (f"<!doctype html><html><head><meta charset=utf-8><title>bastion certification {run_.id}</title></head>"
+            f"<body><pre>{html_lib.escape(markdown)}</pre><img alt='certified and empirical robust accuracy' "
+            f"src='data:image/png;base64,{base64.b64encode(png).decode()}'></body></html>")
+    return Report(run_id=run_.id, config=run_.config, summary=run_.summary or {},
+                  document=certify_report.report_dict(run_), html=page, markdown=markdown, paths=paths)
+
+
 def run_setup(setup: Setup, *, device: str | torch.device | None = None, store: StoreLike = None,
               report_dir: ReportDir = None, progress: bool = True, fresh: bool = False) -> Report:
     """Run a prepared ``Setup`` (model, points, threat, config) and report it: what ``evaluate``/``attack`` do after

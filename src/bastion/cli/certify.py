@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 import typer
 
@@ -48,8 +47,7 @@ def certify_cmd(
     out: Path | None = typer.Option(None, help="folder for report.json, report.md, certified.png"),
 ) -> None:
     """Certify N points (certified accuracy vs radius) and attack the same points (empirical robust accuracy)."""
-    from bastion.certify.job import CertifyConfig, CertifyProgress, certify_run
-    from bastion.certify.report import write_reports
+    from bastion.certification.job import CertifyConfig
     from bastion.errors import InvalidInputError
     from bastion.evaluation.job import default_report_dir
     from bastion.evaluation.store import Store
@@ -74,25 +72,17 @@ def certify_cmd(
         norm=norm, sigma=sigma, preset=preset, n0=n0, samples=samples, alpha=alpha, bound=bound, attack=attack,
         attack_params=parse_params(param, "--param") or None, batch_size=batch_size, seed=seed,
     )
+    from bastion.api import run_certify
+    from bastion.certification.job import certify_prepare
+
     st = Store(store)
-    with progress_bar() as bar:
-        tasks: list[Any] = []  # the bar appears once the job has validated model, data and method
-
-        def tick(p: CertifyProgress) -> None:
-            if not tasks:
-                tasks.append(bar.add_task(f"certify {method}", total=p.total, info=""))
-            if p.resumed:
-                err.print(f"resuming an unfinished run with the same configuration: {p.resumed} points already done")
-            bar.update(tasks[0], total=p.total, completed=p.done, info=f"certified {p.certified}")
-
-        outcome = certify_run(config, st, fresh=fresh, on_progress=tick)
-    run = st.get_run(outcome.run_id)
-    js, md, png = write_reports(run, out or default_report_dir(st, run.id))
-    s = outcome.summary
-    console.print(md.read_text(), markup=False)
+    report = run_certify(certify_prepare(config), store=st, fresh=fresh,
+                         report_dir=lambda run_id: out or default_report_dir(st, run_id))
+    s, paths = report.summary, report.paths
+    console.print(report.to_markdown(), markup=False)
     console.print(f"[bold]certified accuracy at {s['eps']:g}: {100 * s['certified_accuracy_at_eps']:.2f}%  "
-                  f"empirical robust accuracy: {100 * s['robust_accuracy']:.2f}%[/]  run {run.id}\n"
-                  f"reports: {js}  {md}  {png}")
+                  f"empirical robust accuracy: {100 * s['robust_accuracy']:.2f}%[/]  run {report.run_id}\n"
+                  f"reports: {paths['json']}  {paths['markdown']}  {paths['png']}")
     if s["violations"]:
         err.print(f"[yellow]warning:[/] certified radius above the attack's adversarial norm on points "
                   f"{s['violations']} (see the report).")
@@ -114,7 +104,7 @@ def certify_train_cmd(
     seed: int = 0,
 ) -> None:
     """Train a certifiable model (Gaussian noise, IBP, CROWN-IBP, 1-Lipschitz) and save a checkpoint."""
-    from bastion.certify.train import CertTrainConfig, train_certified
+    from bastion.certification.train import CertTrainConfig, train_certified
     from bastion.zoo.train import TrainEvent
 
     config = CertTrainConfig(method=method, epochs=epochs, warmup_epochs=warmup_epochs, ramp_epochs=ramp_epochs,

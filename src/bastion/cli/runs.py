@@ -51,7 +51,7 @@ def report(run_id: str, store: Path | None = typer.Option(None),
     run = st.get_run(run_id)
     folder = out or default_report_dir(st, run.id)
     if run.kind == "certify":
-        from bastion.certify.report import write_reports as write_certify_reports
+        from bastion.certification.report import write_reports as write_certify_reports
 
         console.print("\n".join(map(str, write_certify_reports(run, folder))), soft_wrap=True)
         return

@@ -125,7 +125,7 @@ def _train_adversarial(config: CompareConfig, entry: DefenseEntry, out: Path) ->
 
 
 def _train_certified(config: CompareConfig, entry: DefenseEntry, out: Path) -> tuple[nn.Module, dict[str, Any]]:
-    from bastion.certify.train import CertTrainConfig, train_certified
+    from bastion.certification.train import CertTrainConfig, train_certified
 
     budget, p = config.train, dict(entry.params)
     method = "gaussian" if entry.method == "smoothing" else entry.method

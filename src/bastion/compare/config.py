@@ -7,7 +7,7 @@ Every defense is described by a ``method`` (how it is obtained) and optional ``p
 * ``standard``: ordinary training (the baseline every cost is a multiple of);
 * ``pgd-at``, ``fast-at``, ``trades``, ``mart``, ``awp``: adversarial training (``bastion.defenses.training``);
 * ``ibp``, ``crown-ibp``: certified training; ``smoothing``: Gaussian-noise training deployed as a noisy
-  classifier (randomized smoothing, Cohen et al. 2019) and certified with ``bastion.certify``;
+  classifier (randomized smoothing, Cohen et al. 2019) and certified with ``bastion.certification``;
 * any inference-time defense of ``bastion defend list`` (``jpeg``, ``feature-squeezing-detector``,
   ``distillation``, ``diffpure``, ``dynamic-ensemble``, ``ensemble-average``, ``pipeline`` ...), built around
   the defense named by ``base`` (default ``standard``); ensembles take ``seeds`` (more standard models

@@ -37,7 +37,7 @@ class Measurement:
     def key(self) -> str:
         if self.kind == "evaluate":
             return EvalConfig(**self.config).key()
-        from bastion.certify.config import CertifyConfig
+        from bastion.certification.config import CertifyConfig
 
         return CertifyConfig(**self.config).key()
 
@@ -122,7 +122,7 @@ def measurements(config: CompareConfig, workdir: Path) -> list[Measurement]:
 
 
 def _certify_config(config: CompareConfig, entry: DefenseEntry, workdir: Path) -> dict[str, Any]:
-    from bastion.certify.config import CertifyConfig
+    from bastion.certification.config import CertifyConfig
 
     c = entry.certify
     assert c is not None
@@ -156,8 +156,8 @@ def measure_job(payload: dict[str, Any]) -> dict[str, Any]:
 
             run_id = evaluate(EvalConfig(**payload["config"]), store).run_id
         else:
-            from bastion.certify.config import CertifyConfig
-            from bastion.certify.job import certify_run
+            from bastion.certification.config import CertifyConfig
+            from bastion.certification.job import certify_run
 
             run_id = certify_run(CertifyConfig(**payload["config"]), store).run_id
         exported = store.export_run(run_id)

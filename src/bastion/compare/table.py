@@ -301,7 +301,7 @@ def write_outputs(store: Store, run_id: str, folder: Path) -> dict[str, Path]:
 def _write_run_report(store: Store, rid: str, target: Path) -> None:
     import json
 
-    from bastion.certify.report import report_markdown as certify_markdown
+    from bastion.certification.report import report_markdown as certify_markdown
     from bastion.evaluation.report import report_dict, report_markdown
 
     run = store.get_run(rid)

@@ -8,7 +8,7 @@ iteration maps ``s`` to ``1.5 s - 0.5 s^3``, which stays in ``[0, 1]``: each lay
 most 1 whatever the number of iterations (more iterations only bring it closer to orthogonal).
 
 They are architectures (the zoo builds ``lipschitz-mlp`` from them); their certificates are in
-``bastion.certify.lipschitz``.
+``bastion.certification.lipschitz``.
 """
 
 from __future__ import annotations

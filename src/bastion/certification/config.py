@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from bastion.certify import smoothing
+from bastion.certification import smoothing
 
 METHOD_NORM = {"smoothing": "l2", "lipschitz": "l2", "ibp": "linf", "crown": "linf"}
 DEFAULT_RADII = {

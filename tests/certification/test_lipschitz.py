@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from certify_helpers import fit, pgd
 from torch import nn
 
-from bastion.certify import GroupSort, OrthoLinear, lipschitz_certify, lipschitz_constant, lipschitz_mlp
-from bastion.certify.lipschitz import bjorck_orthonormalize
+from bastion.certification import GroupSort, OrthoLinear, lipschitz_certify, lipschitz_constant, lipschitz_mlp
+from bastion.certification.lipschitz import bjorck_orthonormalize
 from bastion.errors import InvalidInputError
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from bastion.certify import job as certify_job
-from bastion.certify.job import CertifyConfig, certify_run
-from bastion.certify.report import write_reports
-from bastion.certify.train import CertTrainConfig, train_certified
+from bastion.certification import job as certify_job
+from bastion.certification.job import CertifyConfig, certify_run
+from bastion.certification.report import write_reports
+from bastion.certification.train import CertTrainConfig, train_certified
 from bastion.evaluation.store import Store
 
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bastion.certify._layers import (
+from bastion.certification._layers import (
     check_conv,
     check_finite,
     elementwise_affine,

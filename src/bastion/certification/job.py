@@ -49,9 +49,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bastion.certify import crown, ibp, lipschitz, smoothing
-from bastion.certify.config import CertifyConfig
+from bastion.certification import crown, ibp, lipschitz, smoothing
+from bastion.certification.config import CertifyConfig
 from bastion.data import load_dataset
+from bastion.data.base import Split
 from bastion.errors import InvalidInputError
 from bastion.evaluation.job import environment
 from bastion.evaluation.runner import run_attack
@@ -210,6 +211,17 @@ def _generator(seed: int, batch: int, part: str) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + batch + _SALT[part])
 
 
+@dataclass(frozen=True)
+class CertifySetup:
+    """What a certification runs on, resolved: the model, the points, the input box and the full config."""
+
+    model: nn.Module
+    points: Split
+    lower: float
+    upper: float
+    config: CertifyConfig
+
+
 def certify_run(
     config: CertifyConfig,
     store: Store,
@@ -218,6 +230,19 @@ def certify_run(
     on_progress: Callable[[CertifyProgress], None] | None = None,
 ) -> CertifyOutcome:
     """Run (or resume) the certification ``config`` and record it in ``store``."""
+    return run_certify_setup(certify_prepare(config), store, fresh=fresh, on_progress=on_progress)
+
+
+def check_method(model: nn.Module, method: str) -> None:
+    """Fail early and clearly when ``method`` cannot bound ``model``'s layers."""
+    if method in ("ibp", "crown"):
+        (ibp.ibp_layers if method == "ibp" else crown.crown_layers)(model)
+    if method == "lipschitz":
+        lipschitz.lipschitz_constant(model)
+
+
+def certify_prepare(config: CertifyConfig) -> CertifySetup:
+    """Resolve the model name and data set of ``config``."""
     model, meta = load_model(config.model)
     dataset = config.dataset or meta.dataset
     data = load_dataset(dataset, seed=config.seed)
@@ -226,12 +251,20 @@ def certify_run(
             f"Model {config.model!r} takes inputs of shape {tuple(meta.input_shape)} but {dataset!r} has "
             f"{tuple(data.spec.shape)}; pick the data set the model was trained on ({meta.dataset!r})."
         )
-    if config.method in ("ibp", "crown"):
-        (ibp.ibp_layers if config.method == "ibp" else crown.crown_layers)(model)  # fail early, clearly
-    if config.method == "lipschitz":
-        lipschitz.lipschitz_constant(model)
-    points = data.split(config.split).take(config.n)
+    check_method(model, config.method)
     full = config.model_copy(update={"dataset": dataset})
+    return CertifySetup(model, data.split(config.split).take(config.n), data.spec.lower, data.spec.upper, full)
+
+
+def run_certify_setup(
+    setup: CertifySetup,
+    store: Store,
+    *,
+    fresh: bool = False,
+    on_progress: Callable[[CertifyProgress], None] | None = None,
+) -> CertifyOutcome:
+    """Run (or resume) a prepared certification into ``store`` (what ``bastion.certify`` calls)."""
+    model, points, full, config = setup.model, setup.points, setup.config, setup.config
     run_id = None if fresh else store.find_unfinished(KIND, full.key())
     run_id = run_id or store.create_run(KIND, full.key(), _stored_config(full), config.seed, environment())
     starts = list(range(0, len(points), config.batch_size))
@@ -257,7 +290,7 @@ def certify_run(
             certified += sum(r[5] for r in rows)
         if b not in done["attack"]:
             t0 = time.perf_counter()
-            a = _attack_batch(model, full, x, y, data.spec.lower, data.spec.upper,
+            a = _attack_batch(model, full, x, y, setup.lower, setup.upper,
                               _generator(config.seed, b, "attack"), _generator(config.seed, b, "check"))
             seconds = time.perf_counter() - t0
             rows = [(start + i, int(y[i]), int(a["clean"][i]), int(a["adv"][i]), int(a["clean"][i] == y[i]),

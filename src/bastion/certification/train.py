@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import bastion.zoo.certifiable  # noqa: F401  (registers crown-cnn and lipschitz-mlp)
-from bastion.certify.crown import crown_ibp_loss
-from bastion.certify.ibp import IBPSchedule, ibp_loss
+from bastion.certification.crown import crown_ibp_loss
+from bastion.certification.ibp import IBPSchedule, ibp_loss
 from bastion.data import load_dataset
 from bastion.errors import InvalidInputError
 from bastion.zoo.architectures import build_model

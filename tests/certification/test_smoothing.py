@@ -11,7 +11,7 @@ from certify_helpers import digits_mlp, pgd
 from scipy.stats import beta, norm
 from torch import Tensor, nn
 
-from bastion.certify import PRESETS, gaussian_augmentation_step, smoothing
+from bastion.certification import PRESETS, gaussian_augmentation_step, smoothing
 from bastion.errors import InvalidInputError
 
 SIGMA, N, ALPHA = 0.5, 10_000, 0.001

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bastion.certify.job import REPORT_SCHEMA
+from bastion.certification.job import REPORT_SCHEMA
 from bastion.evaluation.store import Run
 
 

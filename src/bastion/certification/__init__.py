@@ -6,12 +6,12 @@ Functions whose short names collide across methods are exported with a prefix
 ``smoothing``, ``ibp``, ``crown`` and ``lipschitz`` keep the paper's names (``smoothing.certify``).
 """
 
-from bastion.certify import crown, ibp, lipschitz, smoothing
-from bastion.certify.crown import crown_bounds, crown_ibp_loss
-from bastion.certify.crown import verified as crown_verified
-from bastion.certify.ibp import IBPSchedule, IBPStep, ibp_loss, ibp_train_step, interval_bounds
-from bastion.certify.ibp import verified as ibp_verified
-from bastion.certify.lipschitz import (
+from bastion.certification import crown, ibp, lipschitz, smoothing
+from bastion.certification.crown import crown_bounds, crown_ibp_loss
+from bastion.certification.crown import verified as crown_verified
+from bastion.certification.ibp import IBPSchedule, IBPStep, ibp_loss, ibp_train_step, interval_bounds
+from bastion.certification.ibp import verified as ibp_verified
+from bastion.certification.lipschitz import (
     GroupSort,
     LipschitzCertificate,
     OrthoLinear,
@@ -19,9 +19,9 @@ from bastion.certify.lipschitz import (
     lipschitz_constant,
     lipschitz_mlp,
 )
-from bastion.certify.smoothing import PRESETS, Certificate, SmoothedPrediction, gaussian_augmentation_step
-from bastion.certify.smoothing import certify as smoothed_certify
-from bastion.certify.smoothing import predict as smoothed_predict
+from bastion.certification.smoothing import PRESETS, Certificate, SmoothedPrediction, gaussian_augmentation_step
+from bastion.certification.smoothing import certify as smoothed_certify
+from bastion.certification.smoothing import predict as smoothed_predict
 
 __all__ = [
     "PRESETS",

@@ -16,7 +16,7 @@ fine for small networks) or from IBP (``intermediate="ibp"``, CROWN-IBP).
 
 Supported layers: Linear, Conv2d, ReLU, AvgPool2d, Flatten, BatchNorm1d/2d (eval), an affine Normalize,
 Identity, Dropout (eval). MaxPool2d is rejected: its linear relaxation is not implemented here (use
-``bastion.certify.ibp``, which bounds it exactly as a monotone map).
+``bastion.certification.ibp``, which bounds it exactly as a monotone map).
 
 With ``intersect_ibp=True`` (default) every CROWN bound is intersected with the IBP bound of the same
 quantity; both are sound, so the intersection is too, and it is never looser than either. Pure CROWN is
@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bastion.certify._layers import (
+from bastion.certification._layers import (
     check_avgpool,
     check_conv,
     check_finite,
@@ -43,7 +43,7 @@ from bastion.certify._layers import (
     input_box,
     margin_spec,
 )
-from bastion.certify.ibp import layer_intervals, spec_lower_bounds, worst_case_logits
+from bastion.certification.ibp import layer_intervals, spec_lower_bounds, worst_case_logits
 from bastion.errors import InvalidInputError
 
 SUPPORTED: tuple[type, ...] = (
@@ -64,7 +64,7 @@ def crown_layers(model: nn.Module) -> list[nn.Module]:
         if any(isinstance(m, nn.MaxPool2d) for m in model.modules()):
             raise InvalidInputError(
                 f"{err} CROWN has no MaxPool2d relaxation here; "
-                "use bastion.certify.ibp for max-pooling models."
+                "use bastion.certification.ibp for max-pooling models."
             ) from None
         raise
     for layer in layers:

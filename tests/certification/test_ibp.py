@@ -7,7 +7,7 @@ import torch
 from certify_helpers import digits_cnn, digits_mlp, pgd
 from torch import nn
 
-from bastion.certify import ibp
+from bastion.certification import ibp
 from bastion.errors import InvalidInputError
 
 EPS = 0.03
