@@ -1,6 +1,6 @@
 #!/bin/sh
-# Debian packages bastion uses: data (see shared/DATA.md), a browser and a database server for the tests. Installed only when missing and run as root;
-# otherwise prints the command to run. Idempotent.
+# Debian packages bastion uses: data (see shared/DATA.md), a browser and a database server for the tests.
+# Installed only when missing and run as root; otherwise prints the command to run. Idempotent.
 set -u
 if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
