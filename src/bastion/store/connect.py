@@ -8,6 +8,7 @@ failing; PostgreSQL goes through psycopg 3.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -60,7 +61,8 @@ def resolve(target: str | Path | None) -> Target:
     try:
         url = make_url(str(target))
     except (ArgumentError, ValueError) as exc:
-        raise StoreError(f"--store {target!r} is not a database URL ({exc}); use {_FORMS}.") from None
+        shown = re.sub(r"://[^/@]*@", "://***@", str(target))  # no password in messages
+        raise StoreError(f"--store {shown!r} is not a database URL ({exc}); use {_FORMS}.") from None
     if url.drivername in _SQLITE:
         if not url.database or url.database == ":memory:":
             raise StoreError(f"--store {target!r} names no database file; use {_FORMS}.")
