@@ -1,7 +1,7 @@
 """Subprocess side of tests/test_store_concurrency.py (run as a script: python store_worker.py COMMAND ...).
 
-``write URL OWN_RUN SHARED_RUN GO_FILE``: open the store, print ``ready``, wait for GO_FILE, then write 30 batches of 20 rows into OWN_RUN and the
-same 30 batches into SHARED_RUN (the other writer writes them too), and metrics into both.
+``write URL OWN_RUN SHARED_RUN GO_FILE``: open the store, print ``ready``, wait for GO_FILE, then write 30 batches
+of 20 rows into OWN_RUN and the same 30 batches into SHARED_RUN (the other writer writes them too), and metrics.
 ``evaluate URL CHECKPOINT``: run the store test's PGD evaluation, printing ``paused`` and sleeping inside the
 transaction of batch 1 (after its samples, before its batch row), to be SIGKILLed there.
 """
