@@ -174,3 +174,20 @@ def test_server_store_reports_go_to_bastion_home(pg_server, tmp_path: Path,  # t
 def _cli(*args: str) -> tuple[int, str]:
     result = CliRunner().invoke(app, list(args))
     return result.exit_code, result.output
+
+
+def test_suite_run_stores_its_stage_list(digits_checkpoint: Path, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from bastion.evaluation.job import evaluate
+    from bastion.evaluation.suite import stage_dicts, suite_stages
+
+    config = EvalConfig(model=str(digits_checkpoint), n=16, batch_size=8, eps=0.1, suite="fast", adaptive=False,
+                        outcome_checks=False, seed=1)
+    with Store(tmp_path / "s.sqlite") as store:
+        out = evaluate(config, store)
+        stored = store.get_artifact(out.run_id, "stages")
+        assert stored == stage_dicts(suite_stages("fast", "linf")) and list(out.summary["stages"]) == ["apgd-ce",
+                                                                                                        "apgd-t"]
+        monkeypatch.setattr("bastion.evaluation.summary.suite_stages", _no_suite_definition)
+        run = store.get_run(out.run_id)
+        assert summarize(store, run.id, EvalConfig(**run.config), 10) == run.summary
