@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from tests.pgserver import PgServer, unavailable_reason
 from torch import nn
 
 from bastion.data import load_dataset
@@ -42,6 +44,18 @@ def digits_model(digits_checkpoint: Path) -> nn.Module:
 def digits_points() -> tuple[torch.Tensor, torch.Tensor]:
     test = load_dataset("digits").test
     return test.x[:64], test.y[:64]
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """A throw-away PostgreSQL cluster on 127.0.0.1 for the whole session (skipped, saying how to install the
+    server, where its binaries are absent)."""
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    server = PgServer().start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture()

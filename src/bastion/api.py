@@ -28,7 +28,7 @@ from bastion.evaluation.job import Progress, run
 from bastion.evaluation.report import report_dict, report_html, report_markdown, write_reports
 from bastion.evaluation.runner import reject_class
 from bastion.evaluation.setup import Setup
-from bastion.evaluation.store import Run, Store
+from bastion.store import Run, Store
 from bastion.threat import LpThreat
 from bastion.validate import probe_model
 from bastion.zoo.user import fingerprint

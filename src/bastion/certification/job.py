@@ -56,7 +56,7 @@ from bastion.data.base import Split
 from bastion.errors import InvalidInputError
 from bastion.evaluation.job import environment
 from bastion.evaluation.runner import run_attack
-from bastion.evaluation.store import Store
+from bastion.store import Store
 from bastion.threat import LpThreat
 from bastion.zoo import load_model
 

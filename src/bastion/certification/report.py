@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bastion.certification.job import REPORT_SCHEMA
-from bastion.evaluation.store import Run
+from bastion.store import Run
 
 
 def report_dict(run: Run) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from bastion.cli.common import console, err, friendly, parse_params, progress_bar
+from bastion.cli.common import STORE, console, err, friendly, parse_params, progress_bar
 
 
 def _floats(text: str | None, what: str) -> list[float] | None:
@@ -42,7 +42,7 @@ def certify_cmd(
     param: list[str] = typer.Option([], "--param", "-p", help="attack hyperparameter KEY=VALUE (JSON value)"),
     batch_size: int = typer.Option(100, help="points per recorded batch"),
     seed: int = 0,
-    store: Path | None = typer.Option(None, help="SQLite results store (default $BASTION_HOME/bastion.sqlite)"),
+    store: str | None = STORE,
     fresh: bool = typer.Option(False, help="start a new run instead of resuming an unfinished identical one"),
     out: Path | None = typer.Option(None, help="folder for report.json, report.md, certified.png"),
 ) -> None:
@@ -50,7 +50,7 @@ def certify_cmd(
     from bastion.certification.job import CertifyConfig
     from bastion.errors import InvalidInputError
     from bastion.evaluation.job import default_report_dir
-    from bastion.evaluation.store import Store
+    from bastion.store import Store
 
     methods = ("smoothing", "ibp", "crown", "lipschitz")
     if method not in methods:

@@ -18,6 +18,9 @@ from bastion.progress import progress_bar as _progress_bar
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+STORE = typer.Option(None, help="results store: a SQLite file, sqlite:///PATH or postgresql://USER@HOST:PORT/DB "
+                                "(default $BASTION_STORE, else $BASTION_HOME/bastion.sqlite)")
+
 console = Console()
 err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])

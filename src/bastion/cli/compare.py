@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from bastion.cli.common import console, friendly, progress_bar
+from bastion.cli.common import STORE, console, friendly, progress_bar
 
 
 @friendly
@@ -18,10 +18,10 @@ def compare_cmd(
                                                     "work folder); default: a LocalCluster on 127.0.0.1; 'sync' "
                                                     "runs in this process"),
     workers: int = typer.Option(2, min=1, help="LocalCluster worker processes"),
-    store: Path | None = typer.Option(None, help="SQLite results store (default $BASTION_HOME/bastion.sqlite)"),
-    workdir: Path | None = typer.Option(None, help="where trained defenses are kept (default: beside the store, "
+    store: str | None = STORE,
+    workdir: Path | None = typer.Option(None, help="where trained defenses are kept (default: in the store's home, "
                                                    "compare/)"),
-    out: Path | None = typer.Option(None, help="report folder (default: beside the store, compare/NAME/report)"),
+    out: Path | None = typer.Option(None, help="report folder (default: in the store's home, compare/NAME/report)"),
 ) -> None:
     """Train or load every defense of the comparison, measure effectiveness (adaptive and not), generalization,
     cost and clean accuracy on the same points, and write the table (Markdown, HTML, JSON) and plots.
@@ -29,11 +29,11 @@ def compare_cmd(
     from bastion.compare.config import load_compare
     from bastion.compare.run import Event, measurements, run_compare, waves
     from bastion.compare.table import write_outputs
-    from bastion.evaluation.store import Store
+    from bastion.store import Store
 
     cfg = load_compare(config, quick=quick)
     st = Store(store)
-    root = workdir or st.path.parent / "compare"
+    root = workdir or st.home / "compare"
     started = time.perf_counter()
     total = len(cfg.defenses) + len(measurements(cfg, root / cfg.name))
     console.print(f"[bold]{cfg.name}[/]: {len(cfg.defenses)} defenses in {len(waves(cfg))} build waves, "

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, get_args
 
 import typer
 
-from bastion.cli.common import console, err, friendly, parse_number, parse_params
+from bastion.cli.common import STORE, console, err, friendly, parse_number, parse_params
 
 
-def _run_evaluation(config: Any, store_path: Path | None, fresh: bool, device: str) -> None:
+def _run_evaluation(config: Any, store_path: str | None, fresh: bool, device: str) -> None:
     from bastion.api import run_setup
     from bastion.evaluation.job import default_report_dir, prepare, resolve_device
-    from bastion.evaluation.store import Store
+    from bastion.store import Store
 
     resolve_device(device)  # a device that is not there is said before anything is loaded
     setup = prepare(config)  # names and files are resolved here; everything after is the Python API's
@@ -41,7 +40,6 @@ LABEL_COLUMN = typer.Option(None, help="CSV data: the label column (default: lab
 LOWER = typer.Option(None, help="override the inferred lower bound of --data (a number)")
 UPPER = typer.Option(None, help="override the inferred upper bound of --data (a number)")
 DEVICE = typer.Option("auto", help="auto (a CUDA GPU if present), cpu, cuda or cuda:N")
-STORE = typer.Option(None, help="results store: a SQLite path (default $BASTION_HOME/bastion.sqlite)")
 
 
 @friendly
@@ -62,7 +60,7 @@ def evaluate_cmd(
     batch_size: int = typer.Option(500),
     seed: int = 0,
     device: str = DEVICE,
-    store: Path | None = STORE,
+    store: str | None = STORE,
     fresh: bool = typer.Option(False, help="start a new run instead of resuming an unfinished identical one"),
 ) -> None:
     """The standard adaptive evaluation: attack cascade, gradient-masking diagnostics, robustness curve,
@@ -99,7 +97,7 @@ def attack_cmd(
     batch_size: int = typer.Option(500),
     seed: int = 0,
     device: str = DEVICE,
-    store: Path | None = STORE,
+    store: str | None = STORE,
     fresh: bool = typer.Option(False),
 ) -> None:
     """Run one registered attack against a model and record the result."""

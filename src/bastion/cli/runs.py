@@ -8,15 +8,15 @@ from pathlib import Path
 import typer
 from rich.table import Column, Table
 
-from bastion.cli.common import console, friendly
+from bastion.cli.common import STORE, console, friendly
 
 runs_app = typer.Typer(help="The results store.", no_args_is_help=True)
 
 @runs_app.command("list")
 @friendly
-def runs_list(limit: int = 20, store: Path | None = typer.Option(None)) -> None:
+def runs_list(limit: int = 20, store: str | None = STORE) -> None:
     """List recorded runs, newest first."""
-    from bastion.evaluation.store import Store
+    from bastion.store import Store
 
     table = Table("kind", "status", "model", "data", "threat", "attack", "clean", "robust")
     table.columns.insert(0, Column("run", no_wrap=True))
@@ -31,21 +31,22 @@ def runs_list(limit: int = 20, store: Path | None = typer.Option(None)) -> None:
 
 @runs_app.command("show")
 @friendly
-def runs_show(run_id: str, store: Path | None = typer.Option(None)) -> None:
+def runs_show(run_id: str, store: str | None = STORE) -> None:
     """Show one run's configuration, environment and summary as JSON."""
     from bastion.evaluation.report import report_dict
-    from bastion.evaluation.store import Store
+    from bastion.store import Store
 
     console.print_json(json.dumps(report_dict(Store(store).get_run(run_id))))
 
 
 @friendly
-def report(run_id: str, store: Path | None = typer.Option(None),
-           out: Path | None = typer.Option(None, help="folder for the reports (default: beside the store)")) -> None:
+def report(run_id: str, store: str | None = STORE,
+           out: Path | None = typer.Option(None, help="folder for the reports (default: runs/RUN_ID beside a "
+                                                      "SQLite store, else in $BASTION_HOME)")) -> None:
     """Render the JSON, Markdown and HTML reports of any stored run."""
     from bastion.evaluation.job import default_report_dir
     from bastion.evaluation.report import write_reports
-    from bastion.evaluation.store import Store
+    from bastion.store import Store
 
     st = Store(store)
     run = st.get_run(run_id)

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from bastion.cli.common import console, friendly, progress_bar
+from bastion.cli.common import STORE, console, friendly, progress_bar
 
 
 @friendly
@@ -17,12 +17,12 @@ def sweep_cmd(
     scheduler: str | None = typer.Option(None, help="tcp://HOST:PORT of a Dask scheduler; default: a LocalCluster "
                                                     "on 127.0.0.1; 'sync' runs in this process"),
     workers: int = typer.Option(2, min=1, help="LocalCluster worker processes"),
-    store: Path | None = typer.Option(None, help="SQLite results store (default $BASTION_HOME/bastion.sqlite)"),
+    store: str | None = STORE,
     out: Path | None = typer.Option(None, help="write the aggregated table as JSON here"),
 ) -> None:
     """Evaluate every (model x threat x eps x shard) job; finished jobs are skipped, so a killed sweep resumes."""
-    from bastion.evaluation.store import Store
     from bastion.evaluation.sweep import JobDone, aggregate, load_sweep, run_sweep
+    from bastion.store import Store
 
     sweep = load_sweep(config)
     total = len(sweep.jobs())

@@ -19,7 +19,7 @@ from typing import Any
 from bastion.compare.build import BUILD_KIND, build_entry, build_key, checkpoint_path, dependencies, module_path
 from bastion.compare.config import CompareConfig, DefenseEntry, ThreatSpec, spec_hash
 from bastion.evaluation.config import EvalConfig
-from bastion.evaluation.store import Store
+from bastion.store import Store
 
 COMPARE_KIND = "compare"
 

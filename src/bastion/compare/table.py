@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bastion.compare.config import CompareConfig
-from bastion.evaluation.store import Store
+from bastion.store import Store
 
 GAP_BYPASS = 0.05  # adaptive evaluation lowers robust accuracy by 5 points or more: "bypassed by adaptive attacks"
 CLEAN_PRICE = 0.02  # clean accuracy drops by 2 points or more

@@ -28,9 +28,9 @@ from bastion.evaluation.config import EvalConfig
 from bastion.evaluation.outcome import outcome_checks
 from bastion.evaluation.runner import AttackResult, choose_targets, run_attack
 from bastion.evaluation.setup import Setup
-from bastion.evaluation.store import Store
-from bastion.evaluation.suite import SuiteOutcome, run_suite
+from bastion.evaluation.suite import SuiteOutcome, run_suite, stage_dicts, stages_from_dicts, suite_stages
 from bastion.evaluation.summary import summarize
+from bastion.store import Store
 from bastion.threat import LpThreat
 from bastion.threats import threat_from_dict
 from bastion.validate import probe_model
@@ -259,6 +259,10 @@ def _plan(store: Store, run_id: str, setup: Setup, dev: torch.device) -> dict[st
         plan, flags = probe(setup.model, x, y, setup.threat, eot_samples=setup.config.eot_samples)
         store.put_artifact(run_id, "probe_flags", [f.to_dict() for f in flags])
         store.put_artifact(run_id, "adaptation", plan)
+    if store.get_artifact(run_id, "stages") is None:  # the run keeps the cascade it starts with
+        cfg = setup.config
+        stages = suite_stages(cfg.suite or "standard", cfg.norm, bool(plan.get("detector_aware")))
+        store.put_artifact(run_id, "stages", stage_dicts(stages))
     return plan
 
 
@@ -286,7 +290,8 @@ def _batch(store: Store, run_id: str, setup: Setup, plan: dict[str, Any], b: int
 
     assert cfg.suite is not None
     out = run_suite(setup.model, x, y, setup.threat, version=cfg.suite, adapt=build_adaptation(setup.model, plan),
-                    generator=generator, on_stage=tick, detector_adapt=detector_adaptation(setup.model, plan))
+                    generator=generator, on_stage=tick, detector_adapt=detector_adaptation(setup.model, plan),
+                    stages=stages_from_dicts(store.get_artifact(run_id, "stages")))
     y = y.cpu()
     for st in out.stages:
         attacked = st.attacked.cpu()
@@ -330,4 +335,5 @@ def _record_gallery(store: Store, run_id: str, model: nn.Module, y: Tensor, out:
 
 
 def default_report_dir(store: Store, run_id: str) -> Path:
-    return store.path.parent / "runs" / run_id
+    """``runs/RUN_ID`` in the store's home: beside a SQLite file, or ``$BASTION_HOME`` for a server store."""
+    return store.home / "runs" / run_id

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bastion.evaluation.store import Run, Store
+from bastion.store import Run, Store
 
 SCHEMA = "bastion.report/2"
 NORM_NAMES = {"linf": "L∞", "l2": "L2", "l1": "L1"}

@@ -23,7 +23,7 @@ from __future__ import annotations
 import resource
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -113,6 +113,20 @@ def suite_stages(version: str, norm: str | None, detector_aware: bool = False, *
     return SUITES.get(kind)(version, norm, detector_aware)
 
 
+def stage_dicts(stages: list[Stage]) -> list[dict[str, Any]]:
+    """Stages as plain data: what a run stores as its ``stages`` artifact when its plan is made, so its summary
+    and a resumed run follow the cascade it started with even after the suite definition changes."""
+    return [asdict(st) for st in stages]
+
+
+def stages_from_dicts(items: list[dict[str, Any]]) -> list[Stage]:
+    def one(d: dict[str, Any]) -> Stage:
+        canary = Canary(**d["canary"]) if d.get("canary") else None
+        return Stage(d["part"], d["attack"], d["params"], d["role"], canary, d.get("view", "plan"))
+
+    return [one(d) for d in items]
+
+
 @dataclass(frozen=True)
 class StageOutcome:
     """``canary``: points in the stage's canary sample (0: no canary); ``escalated``: the canary broke a point, so
@@ -187,17 +201,21 @@ def run_suite(
     generator: torch.Generator | None = None,
     on_stage: Callable[[StageOutcome], None] | None = None,
     detector_adapt: Adaptation | None = None,
+    stages: list[Stage] | None = None,
 ) -> SuiteOutcome:
     """Run the cascade of ``version`` on one batch. Success is re-checked by the runner at every stage.
     ``detector_adapt`` (a detector's detector-aware view, ``evaluate.adaptive.detector_adaptation``) adds the
-    white-box stages again on that view."""
+    white-box stages again on that view. ``stages``: the cascade a stored run started with (default: ``version``'s
+    cascade of today)."""
     with torch.no_grad():
         clean_correct = (model(inputs).argmax(1) == labels).cpu()
     n = inputs.shape[0]
     out = SuiteOutcome(clean_correct, torch.zeros(n, dtype=torch.bool), torch.full((n,), float("inf")),
                        [None] * n, inputs.detach().cpu().clone())
     batch = _Batch(model, inputs, labels, threat, adapt, generator, detector_adapt)
-    for stage in suite_stages(version, getattr(threat, "norm", None), detector_adapt is not None, kind=threat.kind):
+    if stages is None:
+        stages = suite_stages(version, getattr(threat, "norm", None), detector_adapt is not None, kind=threat.kind)
+    for stage in stages:
         todo = _curve_subset(clean_correct, _curve_cap(version, stage, out.stages)) if stage.role == "minimal" \
             else clean_correct & ~out.broken
         if not todo.any():

@@ -8,8 +8,8 @@ import numpy as np
 
 from bastion.evaluation.config import EvalConfig
 from bastion.evaluation.diagnostics import check_black_box
-from bastion.evaluation.store import Store
-from bastion.evaluation.suite import suite_stages
+from bastion.evaluation.suite import Stage, stages_from_dicts, suite_stages
+from bastion.store import Store
 
 SCHEMA = "bastion.summary/1"
 CURVE_POINTS = 41
@@ -68,9 +68,9 @@ def summarize(store: Store, run_id: str, config: EvalConfig, num_classes: int) -
     broken = sum(r["success"] for r in worst)
     stages = {}
     first: dict[str, int] = {}
-    aware = bool((store.get_artifact(run_id, "adaptation") or {}).get("detector_aware"))
-    for stage in suite_stages(config.suite or "standard", config.norm, aware):
-        if stage.part in store.parts(run_id):
+    parts = store.parts(run_id)
+    for stage in run_stages(store, run_id, config):
+        if stage.part in parts:
             stages[stage.part] = _attack_summary(store, run_id, stage.part, n) | {
                 "attack": stage.attack, "params": stage.params, "role": stage.role,
                 "peak_rss_mb": store.get_artifact(run_id, f"peak_rss_mb/{stage.part}")}
@@ -106,6 +106,16 @@ def summarize(store: Store, run_id: str, config: EvalConfig, num_classes: int) -
         "median_norm_of_successes": _median([r["norm"] for r in worst if r["success"] and r["norm"] is not None]),
         "num_classes": num_classes,
     }
+
+
+def run_stages(store: Store, run_id: str, config: EvalConfig) -> list[Stage]:
+    """The cascade the run stored when it started (a store upgraded from schema 1 filled it in); today's suite
+    definition only for a run that has none yet."""
+    stored = store.get_artifact(run_id, "stages")
+    if stored is not None:
+        return stages_from_dicts(stored)
+    aware = bool((store.get_artifact(run_id, "adaptation") or {}).get("detector_aware"))
+    return suite_stages(config.suite or "standard", config.norm, aware)
 
 
 def _minimal_points(store: Store, run_id: str, stages: dict[str, Any]) -> set[int]:

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from bastion.errors import InvalidInputError
 from bastion.evaluation.config import EvalConfig
 from bastion.evaluation.job import KIND, evaluate
-from bastion.evaluation.store import Store
+from bastion.store import Store
 
 
 class ThreatSpec(BaseModel):
