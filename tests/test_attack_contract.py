@@ -115,3 +115,24 @@ def test_per_feature_bounds_hold(name: str, norm: str) -> None:
     assert torch.equal(adv[:, 0, 0, :4], x[:, 0, 0, :4]), "a constant feature moved"
     if ATTACKS.get(name).goal == "budget":
         assert threat.contains(adv, x).all(), "budget attack left the threat model"
+
+
+@pytest.mark.parametrize("device", [
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="not run: needs a CUDA GPU")),
+])
+def test_every_attack_runs_on_the_device(device: str) -> None:
+    """The contract on a GPU: inputs, model, per-feature bounds and the generator on the device; outputs stay there,
+    inside the box (and the ball for budget attacks), and the same seed repeats them. (The CPU runs above.)"""
+    model, (x, y) = _model().to(device), _points()
+    x, y = x.to(device), y.to(device)
+    lower, upper = torch.zeros(1, 8, 8, device=device), torch.ones(1, 8, 8, device=device)
+    for name, norm in CASES:
+        threat = LpThreat(norm, torch.linspace(0.5, 1.5, len(y), device=device) * EPS[norm], lower=lower, upper=upper)
+        spec = ATTACKS.get(name)
+        runs = [spec.fn(model, x, y, threat, generator=torch.Generator(device=device).manual_seed(0),
+                        **CONTRACT_PARAMS.get(name, {})) for _ in range(2)]
+        assert runs[0].device == x.device and torch.isfinite(runs[0]).all(), name
+        assert (runs[0] >= 0).all() and (runs[0] <= 1).all(), name
+        if spec.goal == "budget":
+            assert threat.contains(runs[0], x).all(), name
+        assert torch.equal(runs[0], runs[1]), f"{name}: same seed, different result on {device}"

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -69,3 +70,16 @@ def test_idx_reader_on_a_fixture(tmp_path: Path) -> None:
     x, y = image_data.load_idx_pair(tmp_path / "i.gz", tmp_path / "l.gz", (1, 2, 2))
     assert x.shape == (2, 1, 2, 2) and y.tolist() == [7, 3]
     assert x[0, 0, 0, 1] == 1.0 and abs(float(x[0, 0, 1, 0]) - 128 / 255) < 1e-6
+
+
+def test_the_mnist_reader_refuses_a_pickle_that_is_not_arrays() -> None:
+    import io
+    import pickle
+
+    from bastion.data.images import _ArraysOnly
+    from bastion.errors import DataUnavailableError
+
+    with pytest.raises(DataUnavailableError, match="not an array"):
+        _ArraysOnly(io.BytesIO(pickle.dumps(print))).load()
+    arrays = _ArraysOnly(io.BytesIO(pickle.dumps((np.zeros(3), np.arange(2))))).load()
+    assert arrays[0].shape == (3,) and arrays[1].tolist() == [0, 1]

