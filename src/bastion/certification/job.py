@@ -53,9 +53,9 @@ from bastion.certification import crown, ibp, lipschitz, smoothing
 from bastion.certification.config import CertifyConfig
 from bastion.data import load_dataset
 from bastion.data.base import Split
-from bastion.errors import InvalidInputError
 from bastion.evaluation.job import environment
 from bastion.evaluation.runner import run_attack
+from bastion.evaluation.setup import check_fits
 from bastion.store import Store
 from bastion.threat import LpThreat
 from bastion.zoo import load_model
@@ -246,11 +246,7 @@ def certify_prepare(config: CertifyConfig) -> CertifySetup:
     model, meta = load_model(config.model)
     dataset = config.dataset or meta.dataset
     data = load_dataset(dataset, seed=config.seed)
-    if tuple(data.spec.shape) != tuple(meta.input_shape):
-        raise InvalidInputError(
-            f"Model {config.model!r} takes inputs of shape {tuple(meta.input_shape)} but {dataset!r} has "
-            f"{tuple(data.spec.shape)}; pick the data set the model was trained on ({meta.dataset!r})."
-        )
+    check_fits(config.model, meta, data)
     check_method(model, config.method)
     full = config.model_copy(update={"dataset": dataset})
     return CertifySetup(model, data.split(config.split).take(config.n), data.spec.lower, data.spec.upper, full)

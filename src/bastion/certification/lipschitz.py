@@ -1,11 +1,7 @@
 """1-Lipschitz networks (L2) and their margin certificates.
 
-Anil, Lucas & Grosse 2019, "Sorting out Lipschitz function approximation", ICML: GroupSort activations
-(MaxMin is group size 2) and dense layers orthonormalized by Björck & Bowie's iteration at every forward
-pass, ``W <- (1 + beta) W - beta W W^T W`` with ``beta = 0.5`` and 20 iterations (the paper's settings).
-Each weight is first divided by its Frobenius norm, so every singular value starts in ``[0, 1]``; the
-iteration maps ``s`` to ``1.5 s - 0.5 s^3``, which stays in ``[0, 1]``: each layer's spectral norm is at
-most 1 whatever the number of iterations (more iterations only bring it closer to orthogonal).
+The networks are built from the 1-Lipschitz layers of ``bastion.zoo.lipschitz_layers`` (GroupSort activations and
+Björck-orthonormalized dense layers, Anil, Lucas & Grosse 2019); they are re-exported here.
 
 Tsuzuku, Sato & Sugiyama 2018, "Lipschitz-Margin Training", NeurIPS: if ``f`` is ``L``-Lipschitz in L2,
 each logit difference ``f_y - f_j`` is ``sqrt(2) L``-Lipschitz, so the prediction cannot change within

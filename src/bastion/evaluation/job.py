@@ -27,7 +27,7 @@ from bastion.evaluation.adaptive import build_adaptation, detector_adaptation, p
 from bastion.evaluation.config import EvalConfig
 from bastion.evaluation.outcome import outcome_checks
 from bastion.evaluation.runner import AttackResult, choose_targets, run_attack
-from bastion.evaluation.setup import Setup
+from bastion.evaluation.setup import Setup, check_fits
 from bastion.evaluation.suite import SuiteOutcome, run_suite, stage_dicts, stages_from_dicts, suite_stages
 from bastion.evaluation.summary import summarize
 from bastion.store import Store
@@ -105,11 +105,7 @@ def prepare(config: EvalConfig) -> Setup:
     model, meta = _load_named(config.model)
     dataset = config.dataset or meta.dataset
     data = load_dataset(dataset, seed=config.seed)
-    if tuple(data.spec.shape) != tuple(meta.input_shape):
-        raise InvalidInputError(
-            f"Model {config.model!r} takes inputs of shape {tuple(meta.input_shape)} but {dataset!r} has "
-            f"{tuple(data.spec.shape)}; pick the data set the model was trained on ({meta.dataset!r})."
-        )
+    check_fits(config.model, meta, data)
     threat = LpThreat(config.norm, config.eps, lower=data.spec.lower, upper=data.spec.upper)
     full = config.model_copy(update={"dataset": dataset})
     return Setup(model, _points(data.split(config.split), config), threat, full, data.spec.num_classes)

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
-from bastion.data.base import Split
+from bastion.data.base import Dataset, Split
+from bastion.errors import InvalidInputError
 from bastion.evaluation.config import EvalConfig
 from bastion.threat import LpThreat
+
+
+def check_fits(name: str, meta: Any, data: Dataset) -> None:
+    """A named model's recorded input shape against the data set's: one line naming the fix when they differ."""
+    if tuple(data.spec.shape) != tuple(meta.input_shape):
+        raise InvalidInputError(
+            f"Model {name!r} takes inputs of shape {tuple(meta.input_shape)} but {data.spec.name!r} has "
+            f"{tuple(data.spec.shape)}; pick the data set the model was trained on ({meta.dataset!r})."
+        )
 
 
 @dataclass(frozen=True)
