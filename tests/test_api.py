@@ -281,3 +281,16 @@ def test_certify_a_users_lipschitz_model_in_one_call(tmp_path: Path) -> None:
     assert s["clean_accuracy"] > 0.5 and 0 < s["certified_accuracy_at_eps"] <= report.robust_accuracy
     assert (tmp_path / "cert" / "report.json").exists() and "<img" in report.to_html()
     assert callable(bastion.certify) and callable(bastion.evaluate)
+    from bastion.store.summaries import CertifySummary
+
+    assert isinstance(report.typed, CertifySummary) and report.typed.certified_accuracy_at_eps == \
+        s["certified_accuracy_at_eps"]
+
+
+def test_reports_carry_typed_summaries(user_files: Path) -> None:
+    from bastion.store.summaries import EvaluateSummary
+
+    arrays = np.load(user_files / "my.npz")
+    report = bastion.attack(_user_model(user_files), torch.from_numpy(arrays["x"]), torch.from_numpy(arrays["y"]),
+                            bastion.LpThreat("linf", 0.1), "fgsm", progress=False)
+    assert isinstance(report.typed, EvaluateSummary) and report.typed.robust_accuracy == report.robust_accuracy

@@ -191,3 +191,19 @@ def test_suite_run_stores_its_stage_list(digits_checkpoint: Path, tmp_path: Path
         monkeypatch.setattr("bastion.evaluation.summary.suite_stages", _no_suite_definition)
         run = store.get_run(out.run_id)
         assert summarize(store, run.id, EvalConfig(**run.config), 10) == run.summary
+
+
+def test_every_stored_summary_reads_as_its_typed_model(v1_store: Path) -> None:
+    """The v1 fixture's runs (written by the old code) validate as typed summaries with the same numbers."""
+    from bastion.store.summaries import EvaluateSummary
+
+    store = Store(v1_store)
+    runs = store.list_runs()
+    assert runs
+    for run in runs:
+        typed = run.typed_summary()
+        assert isinstance(typed, EvaluateSummary)
+        assert typed.robust_accuracy == run.summary["robust_accuracy"] and typed.n == run.summary["n"]
+        if typed.mode == "suite":
+            assert set(typed.stages) == set(run.summary["stages"])
+            assert all(st.forward_passes >= 0 for st in typed.stages.values())

@@ -56,6 +56,13 @@ class Report:
     paths: dict[str, Path] = field(default_factory=dict)
 
     @property
+    def typed(self) -> Any:
+        """The summary as a typed, validated object (``bastion.store.summaries``)."""
+        from bastion.store.summaries import typed_summary
+
+        return typed_summary(self.document.get("kind", "evaluate"), self.summary)
+
+    @property
     def clean_accuracy(self) -> float:
         return float(self.summary["clean_accuracy"])
 

@@ -46,6 +46,12 @@ class Run:
     environment: dict[str, Any]
     summary: dict[str, Any] | None
 
+    def typed_summary(self) -> Any:
+        """The summary as its kind's typed model (``store.summaries``), or the plain dict for other kinds."""
+        from bastion.store.summaries import typed_summary
+
+        return typed_summary(self.kind, self.summary)
+
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
