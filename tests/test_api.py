@@ -184,6 +184,13 @@ def test_torchscript_file_is_a_model(user_files: Path, tmp_path: Path) -> None:
                        "--eps", "0.1", "-p", "steps=5", "--device", "cpu", "--store", str(tmp_path / "s.sqlite"))
     assert code == 0, out
     assert "robust accuracy" in out
+    db = tmp_path / "suite.sqlite"  # the suite's probe hooks layers, which TorchScript does not allow
+    code, out = invoke("evaluate", "--model", str(tmp_path / "m.ts"), "--data", str(user_files / "my.npz"),
+                       "--eps", "0.1", "--suite", "fast", "--n", "24", "--device", "cpu", "--store", str(db))
+    assert code == 0, out
+    flags = {f["name"]: f for f in Store(db).list_runs()[0].summary["flags"]}
+    assert flags["non_differentiable_modules"]["numbers"]["checked"] is False
+    assert "TorchScript" in flags["non_differentiable_modules"]["evidence"]
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -65,7 +65,8 @@ def test_killed_run_resumes_and_matches_uninterrupted(digits_checkpoint: Path, n
     with pytest.raises(Killed):
         evaluate(config, store, on_progress=kill_after_first_batch)
     run_id = store.list_runs()[0].id
-    assert store.get_run(run_id).status == "running"
+    assert store.get_run(run_id).status == "failed"  # marked, with the error kept, not left "running"
+    assert store.get_artifact(run_id, "error").startswith("Killed")
     assert len(store.samples(run_id)) == 32  # the finished batch was kept
 
     resumed = evaluate(config, Store(new_target("killed")))

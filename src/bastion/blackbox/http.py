@@ -52,16 +52,22 @@ _EXPECTED = ('The server must answer HTTP 200 with {"scores": [[...], ...]} or {
 
 
 class RemoteModel(nn.Module):
-    """Client of a JSON model endpoint; ``forward`` returns ``(N, C)`` float scores or ``(N,)`` int64 labels.
+    """Client of a JSON model endpoint; ``forward`` returns ``(N, C)`` float scores, or for a label-only endpoint
+    ``(N,)`` int64 labels (or their one-hot ``(N, num_classes)`` encoding when ``num_classes`` is given, so the
+    runner's clean check and re-check and the decision-based attacks, which only take the argmax, work unchanged).
 
     Args:
         url: the endpoint, e.g. ``"http://127.0.0.1:8000/predict"``.
         timeout: seconds to wait for one answer.
         retries: extra attempts after a connection failure, timeout, 429 or 5xx.
         backoff: first wait between attempts in seconds; doubles after each attempt.
+        num_classes: encode a label-only endpoint's answers one-hot with this many classes.
+        scores_needed: the caller needs real scores (a score-based attack): a label-only answer is an error
+            naming the decision-based attacks instead.
     """
 
-    def __init__(self, url: str, *, timeout: float = 10.0, retries: int = 2, backoff: float = 0.5) -> None:
+    def __init__(self, url: str, *, timeout: float = 10.0, retries: int = 2, backoff: float = 0.5,
+                 num_classes: int | None = None, scores_needed: bool = False) -> None:
         super().__init__()
         if timeout <= 0 or retries < 0 or backoff < 0:
             raise ValueError("timeout must be positive, retries and backoff non-negative")
@@ -70,11 +76,19 @@ class RemoteModel(nn.Module):
         self.retries = retries
         self.backoff = backoff
         self.sent = 0  # inputs sent, retries included
+        self.num_classes, self.scores_needed = num_classes, scores_needed
 
     def forward(self, x: Tensor) -> Tensor:
         body = json.dumps({"inputs": x.detach().cpu().float().tolist(), "shape": list(x.shape)}).encode()
         answer = self._post(body, x.shape[0])
-        return _parse(answer, x.shape[0], self.url).to(x.device)
+        out = _parse(answer, x.shape[0], self.url)
+        if out.dim() == 1 and self.scores_needed:
+            raise RemoteTargetError(
+                f"Remote target {self.url} answers labels only, and a score-based attack needs scores; use a "
+                "decision-based attack (hopskipjump, boundary) against it.", url=self.url, status=200)
+        if out.dim() == 1 and self.num_classes is not None:
+            out = torch.nn.functional.one_hot(out.clamp(0, self.num_classes - 1), self.num_classes).float()
+        return out.to(x.device)
 
     def _post(self, body: bytes, n: int) -> bytes:
         request = urllib.request.Request(self.url, data=body, method="POST",

@@ -23,6 +23,7 @@ from bastion.evaluation.diagnostics import (
     check_probabilities,
     check_randomness,
     find_nondifferentiable,
+    hooks_supported,
     with_bpda,
 )
 from bastion.evaluation.runner import Adaptation
@@ -37,9 +38,12 @@ def probe(model: nn.Module, x: Tensor, y: Tensor, threat: LpThreat, *, eot_sampl
     flags = [check_randomness(model, x), check_probabilities(model, x)]
     flags += check_gradients(model, x, y, scale, threat.clip)
     nondiff = find_nondifferentiable(model, x, scale)
+    checked = hooks_supported(model)
     flags.append(Flag("non_differentiable_modules", bool(nondiff),
                       f"modules whose output moves with the input but pass back no gradient: {nondiff}" if nondiff
-                      else "every module passes gradients", {"modules": nondiff}))
+                      else "every module passes gradients" if checked else
+                      "not checked module by module: a TorchScript model takes no forward hooks (the whole-model "
+                      "gradient checks above still ran)", {"modules": nondiff, "checked": checked}))
     fired = {f.name for f in flags if f.fired}
     plan = {
         "eot_samples": eot_samples if "randomness" in fired else None,

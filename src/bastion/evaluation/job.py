@@ -167,7 +167,9 @@ def _prepare_remote(config: EvalConfig) -> Setup:
     data = load_dataset(config.dataset, seed=config.seed)
     threat = LpThreat(config.norm, config.eps, lower=data.spec.lower, upper=data.spec.upper)
     points = _points(data.split(config.split), config)
-    return Setup(RemoteModel(config.model).eval(), points, threat, config, data.spec.num_classes)
+    remote = RemoteModel(config.model, num_classes=data.spec.num_classes,
+                         scores_needed=get_attack(config.attack).access == "score")
+    return Setup(remote.eval(), points, threat, config, data.spec.num_classes)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -211,7 +213,20 @@ def run(
     setup.model.to(dev)
     cfg = setup.config
     run_id = None if fresh else store.find_unfinished(KIND, cfg.key())
+    if run_id is not None:
+        store.set_status(run_id, "running")
     run_id = run_id or store.create_run(KIND, cfg.key(), cfg.model_dump(mode="json"), cfg.seed, environment(dev))
+    try:
+        return _execute(setup, store, run_id, on_progress, dev)
+    except Exception as exc:  # the finished batches stay; the same call resumes the run
+        store.set_status(run_id, "failed")
+        store.put_artifact(run_id, "error", f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def _execute(setup: Setup, store: Store, run_id: str, on_progress: Callable[[Progress], None] | None,
+             dev: torch.device) -> EvalOutcome:
+    cfg = setup.config
     plan = _plan(store, run_id, setup, dev) if cfg.suite else {}
     done = store.done_batches(run_id, cfg.done_part)
     n, size = len(setup.points), cfg.batch_size
@@ -234,6 +249,8 @@ def run(
         flags = outcome_checks(_on(setup, dev), build_adaptation(setup.model, plan), cfg, PROBE_POINTS)
         store.put_artifact(run_id, "outcome_flags", [f.to_dict() for f in flags])
     summary = summarize(store, run_id, cfg, setup.num_classes)
+    if hasattr(setup.model, "sent"):
+        summary["remote_queries"] = sum(store.get_artifact(run_id, f"queries/{b}") or 0 for b in range(len(starts)))
     store.finish_run(run_id, summary)
     return EvalOutcome(run_id, summary, already)
 
@@ -270,12 +287,15 @@ def _batch(store: Store, run_id: str, setup: Setup, plan: dict[str, Any], b: int
     generator = batch_generator(cfg.seed, b, dev)
     t0 = time.perf_counter()
     if cfg.attack is not None:
+        sent = getattr(setup.model, "sent", None)  # a remote endpoint counts every input it was sent
         targets = None
         if cfg.targeted:  # drawn from the batch's own generator, so a resumed run picks the same targets
             targets = choose_targets(setup.model, x, y, cfg.targets, setup.num_classes, generator)
             store.put_artifact(run_id, f"targets/{b}", targets.tolist())
         result = run_attack(setup.model, x, y, setup.threat, cfg.attack, targets=targets, generator=generator,
                             max_queries=cfg.max_queries, **cfg.params)
+        if sent is not None:  # the probe, clean check and re-check are queries too, not only the attack's
+            store.put_artifact(run_id, f"queries/{b}", setup.model.sent - sent)
         store.record_batch(run_id, cfg.attack, b, start, stop, time.perf_counter() - t0,
                            _rows(result, y.cpu(), list(range(start, stop))), result.outside_threat)
         return int(result.success.sum())

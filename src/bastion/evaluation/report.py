@@ -73,6 +73,8 @@ def report_markdown(run: Run) -> str:
              f"| {SUCCESS[bool(s.get('targeted'))]} | {_pct(s.get('attack_success_rate'))} |",
              f"| median norm of successful perturbations | {_num(s.get('median_norm_of_successes'))} |",
              f"| forward / backward passes | {s.get('forward_passes')} / {s.get('backward_passes')} |",
+             *([f"| queries sent to the endpoint (clean check, attack, re-check, retries) | "
+                f"{s['remote_queries']} |"] if "remote_queries" in s else []),
              f"| passes per point | {s.get('passes_per_point', 0):.1f} |",
              f"| attack wall time | {s.get('attack_seconds')} s |", ""]
     if s.get("mode") == "suite":
