@@ -175,3 +175,28 @@ def test_list_parts_totals_and_status(store: Store) -> None:
     store.set_status(run_id, "failed")
     assert store.get_run(run_id).status == "failed"
     assert store.get_artifact(run_id, "missing") is None
+
+
+def test_diagnostics_say_what_runs_and_a_resumed_run_only_does_what_is_left(digits_checkpoint: Path,
+                                                                           tmp_path: Path) -> None:
+    config = EvalConfig(model=str(digits_checkpoint), n=40, batch_size=20, eps=0.1, suite="fast")
+    store = Store(tmp_path / "s.sqlite")
+    seen: list[Progress] = []
+
+    def kill_in_diagnostics(p: Progress) -> None:
+        seen.append(p)
+        if p.stage.startswith("diagnostics:"):
+            raise Killed
+
+    with pytest.raises(Killed):
+        evaluate(config, store, on_progress=kill_in_diagnostics)
+    assert seen[-1].stage == "diagnostics: apgd at eps 0.025 (1/6)" and seen[-1].done == 40
+    again: list[Progress] = []
+    outcome = evaluate(config, store, on_progress=again.append)
+    assert outcome.resumed_points == 40
+    stages = [p.stage for p in again if p.stage]
+    assert all(s.startswith("diagnostics") for s in stages)  # no batch attacked again
+    assert [s for s in stages if s.startswith("diagnostics:")] == [
+        "diagnostics: apgd at eps 0.025 (1/6)", "diagnostics: apgd at eps 0.05 (2/6)",
+        "diagnostics: apgd at eps 0.1 (3/6)", "diagnostics: apgd at eps 0.2 (4/6)",
+        "diagnostics: fgsm at eps 0.1 (5/6)", "diagnostics: apgd at eps 1 (6/6)"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -250,3 +252,19 @@ def test_black_box_flag_says_when_only_a_canary_sample_ran() -> None:
     full = check_black_box(0, attacked=181, candidates=181)
     assert "of 181" not in full.evidence  # it ran on every candidate: its silence covers them all
     assert check_black_box(3, attacked=32, candidates=181).fired
+
+
+def test_peak_memory_is_the_stages_own() -> None:
+    """A stage that allocates 200 MB shows about that; one that allocates nothing shows about nothing (the process
+    peak would show the same number for both)."""
+    from bastion.evaluation.memory import PeakMemory
+
+    with PeakMemory("cpu") as big:
+        block = torch.ones(50 * 2**20)  # 200 MB, written so the pages are resident
+        block += 1
+        time.sleep(0.05)
+        del block
+    with PeakMemory("cpu") as small:
+        time.sleep(0.05)
+    assert big.mb is not None and small.mb is not None
+    assert big.mb > 150 and small.mb < 20

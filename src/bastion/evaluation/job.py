@@ -246,7 +246,11 @@ def _execute(setup: Setup, store: Store, run_id: str, on_progress: Callable[[Pro
     if cfg.suite and cfg.outcome_checks and store.get_artifact(run_id, "outcome_flags") is None:
         if on_progress:
             on_progress(Progress(finished, n, broken, stage="diagnostics"))
-        flags = outcome_checks(_on(setup, dev), build_adaptation(setup.model, plan), cfg, PROBE_POINTS)
+        def check(what: str) -> None:
+            if on_progress:
+                on_progress(Progress(finished, n, broken, stage=f"diagnostics: {what}"))
+
+        flags = outcome_checks(_on(setup, dev), build_adaptation(setup.model, plan), cfg, PROBE_POINTS, check)
         store.put_artifact(run_id, "outcome_flags", [f.to_dict() for f in flags])
     summary = summarize(store, run_id, cfg, setup.num_classes)
     if hasattr(setup.model, "sent"):
@@ -314,8 +318,9 @@ def _batch(store: Store, run_id: str, setup: Setup, plan: dict[str, Any], b: int
         index = (attacked.nonzero().flatten() + start).tolist()
         store.record_batch(run_id, st.stage.part, b, start, stop, st.seconds, _rows(st.result, y[attacked], index),
                            st.result.outside_threat)
-        peak = max(store.get_artifact(run_id, f"peak_rss_mb/{st.stage.part}") or 0.0, st.peak_rss_mb)
-        store.put_artifact(run_id, f"peak_rss_mb/{st.stage.part}", peak)
+        if st.peak_rss_mb is not None:  # the largest over the run's batches
+            peak = max(store.get_artifact(run_id, f"peak_rss_mb/{st.stage.part}") or 0.0, st.peak_rss_mb)
+            store.put_artifact(run_id, f"peak_rss_mb/{st.stage.part}", peak)
     _record_gallery(store, run_id, setup.model, y, out, start, x)
     store.record_batch(run_id, "worst", b, start, stop, time.perf_counter() - t0, _worst_rows(out, y, start))
     return int(out.broken.sum())

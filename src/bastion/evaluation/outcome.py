@@ -5,6 +5,7 @@ They run on the first few points of the run (the probe points) with the same ada
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -20,12 +21,18 @@ if TYPE_CHECKING:
 EPS_MULTIPLES = (0.25, 0.5, 1.0, 2.0)
 
 
-def outcome_checks(setup: Setup, adapt: Adaptation, config: EvalConfig, points: int) -> list[Flag]:
+def outcome_checks(setup: Setup, adapt: Adaptation, config: EvalConfig, points: int,
+                   on_check: Callable[[str], None] | None = None) -> list[Flag]:
+    """The checks that need attacks, on the first ``points`` points; ``on_check`` hears which attack runs next (the
+    six runs can take minutes on a randomized model, where every gradient is an EOT average)."""
     x, y = setup.points.x[:points], setup.points.y[:points]
     threat = setup.threat
     iters = 50 if config.suite == "fast" else 100
+    runs = iter(range(1, 7))
 
     def robust(eps: float, attack: str = "apgd", **params: object) -> torch.Tensor:
+        if on_check:
+            on_check(f"{attack} at eps {eps:.4g} ({next(runs)}/{5 + (threat.norm in ('linf', 'l2'))})")
         t = LpThreat(threat.norm, eps, lower=threat.lower, upper=threat.upper, mask=threat.mask)
         return run_attack(setup.model, x, y, t, attack, adapt=adapt,
                           generator=torch.Generator(device=x.device).manual_seed(config.seed), **params).robust

@@ -55,7 +55,7 @@ def _headline(run: Run) -> str:
 
 def _stage_rows(s: dict[str, Any]) -> list[str]:
     rows = ["| stage | role | attacked | broken first | robust accuracy after it alone | forward / backward | "
-            "wall time | peak memory |", "|---|---|---|---|---|---|---|---|"]
+            "wall time | peak memory it added |", "|---|---|---|---|---|---|---|---|"]
     for part, st in s.get("stages", {}).items():
         mem = st.get("peak_rss_mb")
         rows.append(f"| {part} | {st['role']} | {st['attacked']} | {s['first_broken_by'].get(part, 0)} | "

@@ -20,7 +20,6 @@ fires.
 
 from __future__ import annotations
 
-import resource
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -30,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from bastion.attacks import get_attack
+from bastion.evaluation.memory import PeakMemory
 from bastion.evaluation.runner import Adaptation, AttackResult, run_attack
 from bastion.oracle import Counts
 from bastion.registry import Registry
@@ -137,7 +137,7 @@ class StageOutcome:
     attacked: Tensor  # (N,) bool: points this stage ran on
     result: AttackResult  # on the attacked subset, in subset order
     seconds: float
-    peak_rss_mb: float
+    peak_rss_mb: float | None  # the peak memory the stage added, MB (evaluation.memory.PeakMemory)
     canary: int = 0
     escalated: bool = False
 
@@ -161,12 +161,6 @@ class SuiteOutcome:
     def escalated(self) -> list[str]:
         """Canary stages that found a break the gradient-based stages missed (a gradient-masking sign)."""
         return [s.stage.part for s in self.stages if s.escalated]
-
-
-def _peak_rss_mb() -> float:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 @dataclass(frozen=True)
@@ -229,21 +223,27 @@ def run_suite(
 
 
 def _run_stage(batch: _Batch, stage: Stage, todo: Tensor) -> StageOutcome:
+    """The stage's outcome with its own peak memory (``PeakMemory``: what the stage added, not the process peak)."""
+    with PeakMemory(batch.inputs.device) as memory:
+        outcome = _attack_stage(batch, stage, todo)
+    return replace(outcome, peak_rss_mb=memory.mb)
+
+
+def _attack_stage(batch: _Batch, stage: Stage, todo: Tensor) -> StageOutcome:
     start = time.perf_counter()
     if stage.canary is None:
-        return StageOutcome(stage, todo, batch.attack(stage, todo), time.perf_counter() - start, _peak_rss_mb())
+        return StageOutcome(stage, todo, batch.attack(stage, todo), time.perf_counter() - start, None)
     sample = _random_subset(todo, stage.canary.points, batch.generator)
     first = batch.attack(replace(stage, params={**stage.params, **stage.canary.params}), sample)
     size = int(sample.sum())
     if not first.success.any():
-        return StageOutcome(stage, sample, first, time.perf_counter() - start, _peak_rss_mb(), canary=size)
+        return StageOutcome(stage, sample, first, time.perf_counter() - start, None, canary=size)
     rest = todo.clone()
     rest[sample.nonzero().flatten()[first.success]] = False
     if not rest.any():  # the canary held every remaining point and broke them all: nothing left to escalate to
-        return StageOutcome(stage, sample, first, time.perf_counter() - start, _peak_rss_mb(), canary=size,
-                            escalated=True)
+        return StageOutcome(stage, sample, first, time.perf_counter() - start, None, canary=size, escalated=True)
     result = _combine([(sample, first), (rest, batch.attack(stage, rest))], batch.threat)
-    return StageOutcome(stage, sample | rest, result, time.perf_counter() - start, _peak_rss_mb(), canary=size,
+    return StageOutcome(stage, sample | rest, result, time.perf_counter() - start, None, canary=size,
                         escalated=True)
 
 
