@@ -301,3 +301,26 @@ def test_reports_carry_typed_summaries(user_files: Path) -> None:
     report = bastion.attack(_user_model(user_files), torch.from_numpy(arrays["x"]), torch.from_numpy(arrays["y"]),
                             bastion.LpThreat("linf", 0.1), "fgsm", progress=False)
     assert isinstance(report.typed, EvaluateSummary) and report.typed.robust_accuracy == report.robust_accuracy
+
+
+def test_a_threat_file_carries_per_feature_bounds_and_a_mask_from_the_command_line(user_files: Path,
+                                                                                    tmp_path: Path) -> None:
+    mask = torch.zeros(1, 8, 8, dtype=torch.bool)
+    mask[0, 2:6, 2:6] = True  # only the centre may change
+    threat = bastion.LpThreat("linf", 0.3, mask=mask)
+    (tmp_path / "t.json").write_text(json.dumps(threat.to_dict()))
+    db = tmp_path / "s.sqlite"
+    code, out = invoke("attack", "pgd", "--model", f"{user_files / 'my_model.py'}:make", "--weights",
+                       str(user_files / "w.safetensors"), "--data", str(user_files / "my.npz"), "--eps", "0.3",
+                       "--threat", str(tmp_path / "t.json"), "-p", "steps=10", "--store", str(db))
+    assert code == 0, out
+    run = Store(db).list_runs()[0]
+    assert run.config["threat"]["mask"] is not None
+    masked = bastion.attack(_user_model(user_files), torch.from_numpy(np.load(user_files / "my.npz")["x"]),
+                            torch.from_numpy(np.load(user_files / "my.npz")["y"]), threat, "pgd",
+                            params={"steps": 10}, progress=False)
+    assert masked.robust_accuracy == run.summary["robust_accuracy"]  # the same masked threat both ways
+    code, out = invoke("attack", "pgd", "--model", f"{user_files / 'my_model.py'}:make", "--data",
+                       str(user_files / "my.npz"), "--eps", "0.1", "--threat", str(tmp_path / "t.json"),
+                       "--store", str(db))
+    assert code == 2 and "give the same norm and eps" in " ".join(out.split())

@@ -178,7 +178,7 @@ def test_entry_eot_samples_reach_the_evaluation_but_not_the_build_key(tmp_path: 
 def test_built_modules_are_recipes_and_weights_never_pickles(finished: tuple, tmp_path: Path) -> None:
     import json as _json
 
-    from bastion.compare.build import load_built
+    from bastion.compare.deployable import load_built
     from bastion.errors import CheckpointError
 
     _, _, tmp, _, _ = finished

@@ -11,7 +11,7 @@ import bastion
 
 SRC = Path(bastion.__file__).parent
 
-# (layer, module prefixes), lowest first; the first matching prefix decides (most specific rules first).
+# (layer, module prefixes), lowest first; the most specific (longest) matching prefix decides.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("bastion.errors", "bastion.registry", "bastion.progress", "bastion.oracle", "bastion.batch")),
     ("threats", ("bastion.threats", "bastion.threat", "bastion.validate")),
@@ -29,8 +29,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                     "bastion.evaluation.adaptive",
                     "bastion.evaluation.outcome", "bastion.certification.train")),
     ("store", ("bastion.store", "bastion.evaluation.store")),
-    ("runs", ("bastion.evaluation", "bastion.certification", "bastion.compare")),
-    ("api", ("bastion.api",)),
+    ("runs", ("bastion.evaluation", "bastion.evaluation.job", "bastion.evaluation.summary", "bastion.evaluation.report",
+              "bastion.evaluation.plots", "bastion.certification", "bastion.compare.deployable")),
+    ("api", ("bastion.api", "bastion.report")),
+    ("jobs", ("bastion.evaluation.sweep", "bastion.compare")),
     ("cli", ("bastion.cli", "bastion.__main__")),
 ]
 RANK = {name: i for i, (name, _) in enumerate(LAYERS)}
@@ -42,10 +44,11 @@ FACADE = "bastion"
 def layer_of(module: str) -> str:
     if module == FACADE:
         return "core"
-    for name, prefixes in LAYERS:
-        if any(module == p or module.startswith(p + ".") for p in prefixes):
-            return name
-    raise AssertionError(f"{module} matches no layer rule in tests/test_layers.py; add one")
+    matches = [(len(p), name) for name, prefixes in LAYERS for p in prefixes
+               if module == p or module.startswith(p + ".")]
+    if not matches:
+        raise AssertionError(f"{module} matches no layer rule in tests/test_layers.py; add one")
+    return max(matches)[1]
 
 
 def module_name(path: Path) -> str:

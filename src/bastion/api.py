@@ -14,7 +14,6 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,9 +24,10 @@ from bastion.data.base import Split
 from bastion.errors import InvalidInputError
 from bastion.evaluation.config import EvalConfig, TargetChoice
 from bastion.evaluation.job import Progress, run
-from bastion.evaluation.report import report_dict, report_html, report_markdown, write_reports
+from bastion.evaluation.report import report_dict, write_reports
 from bastion.evaluation.runner import reject_class
 from bastion.evaluation.setup import Setup
+from bastion.report import Report
 from bastion.store import Run, Store
 from bastion.threat import LpThreat
 from bastion.validate import probe_model
@@ -36,61 +36,6 @@ from bastion.zoo.user import fingerprint
 Suite = Literal["fast", "standard", "thorough"]
 StoreLike = Store | str | Path | None
 ReportDir = str | Path | Callable[[str], Path] | None  # a folder, or the folder for a run id
-
-
-@dataclass(frozen=True)
-class Report:
-    """The result of one evaluation or attack run, read back from the store (every number comes from it).
-
-    ``summary`` is the full summary (docs/REPORT_SCHEMA.md); the properties are its headline numbers.
-    ``to_json()`` is the ``report.json`` document, ``to_html()`` the self-contained HTML page, ``to_markdown()``
-    the text report; ``paths`` names the files written when ``report_dir`` was given.
-    """
-
-    run_id: str
-    config: dict[str, Any]
-    summary: dict[str, Any]
-    document: dict[str, Any] = field(repr=False)
-    html: str = field(repr=False)
-    markdown: str = field(repr=False)
-    paths: dict[str, Path] = field(default_factory=dict)
-
-    @property
-    def typed(self) -> Any:
-        """The summary as a typed, validated object (``bastion.store.summaries``)."""
-        from bastion.store.summaries import typed_summary
-
-        return typed_summary(self.document.get("kind", "evaluate"), self.summary)
-
-    @property
-    def clean_accuracy(self) -> float:
-        return float(self.summary["clean_accuracy"])
-
-    @property
-    def robust_accuracy(self) -> float:
-        """Points classified correctly and not broken by any attack (re-checked), over all points."""
-        return float(self.summary["robust_accuracy"])
-
-    @property
-    def flags(self) -> list[dict[str, Any]]:
-        """The gradient-masking and outcome diagnostics that fired (name, evidence, details)."""
-        return [f for f in self.summary.get("flags", []) if f.get("fired")]
-
-    @property
-    def stages(self) -> dict[str, dict[str, Any]]:
-        """Per attack stage (suite runs): points attacked, robust accuracy, passes, seconds, memory."""
-        return dict(self.summary.get("stages", {}))
-
-    def to_json(self) -> str:
-        import json
-
-        return json.dumps(self.document, indent=2, sort_keys=True)
-
-    def to_html(self) -> str:
-        return self.html
-
-    def to_markdown(self) -> str:
-        return self.markdown
 
 
 def evaluate(model: nn.Module, inputs: Tensor | Iterable[Any], labels: Tensor | None = None,
@@ -184,23 +129,13 @@ def _certify_bar(progress: bool) -> Iterator[Callable[[Any], None] | None]:
 
 
 def _certify_report(run_: Run, report_dir: ReportDir) -> Report:
-    import base64
-    import html as html_lib
-
     from bastion.certification import report as certify_report
 
     folder = report_dir(run_.id) if callable(report_dir) else report_dir
     paths: dict[str, Path] = {}
     if folder is not None:
         paths = dict(zip(("json", "markdown", "png"), certify_report.write_reports(run_, Path(folder)), strict=True))
-    markdown = certify_report.report_markdown(run_)
-    with tempfile.TemporaryDirectory(prefix="bastion-") as tmp:
-        png = certify_report.plot_curves(run_, Path(tmp) / "curves.png").read_bytes()
-    page = (f"<!doctype html><html><head><meta charset=utf-8><title>bastion certification {run_.id}</title></head>"
-            f"<body><pre>{html_lib.escape(markdown)}</pre><img alt='certified and empirical robust accuracy' "
-            f"src='data:image/png;base64,{base64.b64encode(png).decode()}'></body></html>")
-    return Report(run_id=run_.id, config=run_.config, summary=run_.summary or {},
-                  document=certify_report.report_dict(run_), html=page, markdown=markdown, paths=paths)
+    return Report(run_, certify_report.report_dict(run_), paths)
 
 
 def run_setup(setup: Setup, *, device: str | torch.device | None = None, store: StoreLike = None,
@@ -315,5 +250,4 @@ def _bar(progress: bool, cfg: EvalConfig) -> Iterator[Callable[[Progress], None]
 def _report(run_: Run, store: Store, report_dir: ReportDir) -> Report:
     folder = report_dir(run_.id) if callable(report_dir) else report_dir
     paths = write_reports(run_, Path(folder), store) if folder is not None else {}
-    return Report(run_id=run_.id, config=run_.config, summary=run_.summary or {}, document=report_dict(run_, store),
-                  html=report_html(run_, store), markdown=report_markdown(run_), paths=paths)
+    return Report(run_, report_dict(run_, store), paths)

@@ -100,3 +100,16 @@ def write_reports(run: Run, folder: Path) -> tuple[Path, Path, Path]:
     plot_curves(run, png)
     return js, md, png
 
+
+def report_html(run: Run) -> str:
+    """A self-contained page: the Markdown report and the two curves (embedded PNG)."""
+    import base64
+    import html
+    import tempfile
+
+    markdown = report_markdown(run)
+    with tempfile.TemporaryDirectory(prefix="bastion-") as tmp:
+        png = plot_curves(run, Path(tmp) / "curves.png").read_bytes()
+    return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>bastion certification {run.id}</title>"
+            f"</head><body><pre>{html.escape(markdown)}</pre><img alt='certified and empirical robust accuracy' "
+            f"src='data:image/png;base64,{base64.b64encode(png).decode()}'></body></html>\n")

@@ -74,3 +74,22 @@ def parse_number(text: str, option: str) -> float:
     except (ValueError, ZeroDivisionError):
         raise BastionError(f"{option} {text!r} is not a number; give e.g. 0.3 or 8/255.") from None
     return value
+
+
+def read_threat(path: str | None) -> dict[str, Any] | None:
+    """A threat's ``to_dict()`` form from a JSON file (``--threat``); checked by rebuilding it."""
+    if path is None:
+        return None
+    from pathlib import Path
+
+    from bastion.threats import threat_from_dict
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BastionError(f"--threat {path} cannot be read as JSON ({exc}); save threat.to_dict() with json.dump.") \
+            from None
+    if not isinstance(data, dict):
+        raise BastionError(f"--threat {path} holds a {type(data).__name__}, not a threat's to_dict() object.")
+    threat_from_dict(data)  # one clear line now rather than later
+    return data

@@ -6,7 +6,7 @@ from typing import Any, get_args
 
 import typer
 
-from bastion.cli.common import STORE, console, err, friendly, parse_number, parse_params
+from bastion.cli.common import STORE, console, err, friendly, parse_number, parse_params, read_threat
 
 
 def _run_evaluation(config: Any, store_path: str | None, fresh: bool, device: str) -> None:
@@ -39,6 +39,8 @@ DATA = typer.Option(None, help="your own data instead of --dataset: .npz/.pt (x,
 LABEL_COLUMN = typer.Option(None, help="CSV data: the label column (default: label, class, target or y)")
 LOWER = typer.Option(None, help="override the inferred lower bound of --data (a number)")
 UPPER = typer.Option(None, help="override the inferred upper bound of --data (a number)")
+THREAT = typer.Option(None, help="a threat saved as JSON (the to_dict() form: per-feature bounds, a mask of "
+                                 "features that may change); its norm and eps must match --norm and --eps")
 DEVICE = typer.Option("auto", help="auto (a CUDA GPU if present), cpu, cuda or cuda:N")
 
 
@@ -51,6 +53,7 @@ def evaluate_cmd(
     label_column: str | None = LABEL_COLUMN,
     lower: float | None = LOWER,
     upper: float | None = UPPER,
+    threat: str | None = THREAT,
     split: str = typer.Option("test"),
     n: int = typer.Option(1000, help="number of points from the start of the split"),
     norm: str = typer.Option("linf", help="linf, l2 or l1"),
@@ -68,7 +71,8 @@ def evaluate_cmd(
     from bastion.evaluation.config import EvalConfig
 
     config = EvalConfig(model=model, weights=weights, dataset=dataset, data=data, label_column=label_column,
-                        lower=lower, upper=upper, split=split, n=n, norm=norm, eps=parse_number(eps, "--eps"),
+                        lower=lower, upper=upper, threat=read_threat(threat), split=split, n=n, norm=norm,
+                        eps=parse_number(eps, "--eps"),
                         suite=suite, eot_samples=eot_samples, batch_size=batch_size, seed=seed)
     _run_evaluation(config, store, fresh, device)
 
@@ -86,6 +90,7 @@ def attack_cmd(
     label_column: str | None = LABEL_COLUMN,
     lower: float | None = LOWER,
     upper: float | None = UPPER,
+    threat: str | None = THREAT,
     split: str = typer.Option("test"),
     n: int = typer.Option(1000),
     norm: str = typer.Option("linf"),
@@ -111,7 +116,8 @@ def attack_cmd(
                                 f"{' or '.join(get_args(TargetChoice))}.")
     params = parse_params(param, "--param")
     config = EvalConfig(model=target or model, weights=weights, dataset=dataset, data=data,
-                        label_column=label_column, lower=lower, upper=upper, split=split, n=n, norm=norm,
+                        label_column=label_column, lower=lower, upper=upper, threat=read_threat(threat), split=split,
+                        n=n, norm=norm,
                         eps=parse_number(eps, "--eps"), suite=None, attack=name, params=params, batch_size=batch_size,
                         seed=seed, max_queries=max_queries, targeted=targeted, targets=targets)
     _run_evaluation(config, store, fresh, device)

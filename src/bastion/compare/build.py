@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -22,22 +22,13 @@ import torch
 from torch import nn
 
 from bastion.compare.config import CompareConfig, DefenseEntry, spec_hash
-from bastion.compare.deployable import SUFFIX, load_deployable, rebuild, save_deployable
+from bastion.compare.deployable import SUFFIX, load_built, rebuild, save_deployable
 from bastion.data import load_dataset
 from bastion.errors import InvalidInputError
 from bastion.zoo.checkpoint import CheckpointMeta
 
 BUILD_KIND = "compare-build"
 LATENCY_REPEATS = 5
-
-
-@dataclass(frozen=True)
-class BuiltMeta:
-    """What the evaluation job needs to know about a deployable module (mirrors ``CheckpointMeta``)."""
-
-    dataset: str
-    input_shape: tuple[int, ...]
-    num_classes: int
 
 
 def dependencies(config: CompareConfig, entry: DefenseEntry) -> list[str]:
@@ -63,12 +54,6 @@ def module_path(workdir: Path, config: CompareConfig, entry: DefenseEntry) -> Pa
 
 def checkpoint_path(workdir: Path, config: CompareConfig, entry: DefenseEntry) -> Path:
     return workdir / f"{entry.name}-{build_key(config, entry)}"
-
-
-def load_built(path: str | Path) -> tuple[nn.Module, BuiltMeta]:
-    """Load a deployable module written by ``build_entry`` (rebuilt from its recipe, weights hash-checked)."""
-    module, info = load_deployable(path)
-    return module, BuiltMeta(info["dataset"], tuple(info["input_shape"]), int(info["num_classes"]))
 
 
 def _checkpoint_recipe(out: Path, noise_sigma: float | None = None, seed: int = 0) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -106,3 +107,18 @@ def _from_defense(recipe: dict[str, Any], folder: Path) -> nn.Module:
     if recipe.get("data"):
         params["data"] = getattr(load_dataset(recipe["dataset"], seed=recipe["seed"]), recipe["data"])
     return DEFENSES.get(recipe["method"]).build(rebuild(recipe["base"], folder), **params).eval()
+
+
+@dataclass(frozen=True)
+class BuiltMeta:
+    """What the evaluation job needs to know about a deployable module (mirrors ``CheckpointMeta``)."""
+
+    dataset: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+
+def load_built(path: str | Path) -> tuple[nn.Module, BuiltMeta]:
+    """Load a deployable module written by ``build_entry`` (rebuilt from its recipe, weights hash-checked)."""
+    module, info = load_deployable(path)
+    return module, BuiltMeta(info["dataset"], tuple(info["input_shape"]), int(info["num_classes"]))

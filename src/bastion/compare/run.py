@@ -151,15 +151,19 @@ def measure_job(payload: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(Path(tmp) / "job.sqlite")
-        if payload["kind"] == "evaluate":
-            from bastion.evaluation.job import evaluate
+        if payload["kind"] == "evaluate":  # names resolved here, then the API runs it
+            from bastion.api import run_setup
+            from bastion.evaluation.job import prepare
 
-            run_id = evaluate(EvalConfig(**payload["config"]), store).run_id
+            run_id = run_setup(prepare(EvalConfig(**payload["config"])), store=store, progress=False,
+                               device="cpu").run_id
         else:
+            from bastion.api import run_certify
             from bastion.certification.config import CertifyConfig
-            from bastion.certification.job import certify_run
+            from bastion.certification.job import certify_prepare
 
-            run_id = certify_run(CertifyConfig(**payload["config"]), store).run_id
+            run_id = run_certify(certify_prepare(CertifyConfig(**payload["config"])), store=store,
+                                 progress=False).run_id
         exported = store.export_run(run_id)
         store.close()
     return exported

@@ -106,14 +106,14 @@ def prepare(config: EvalConfig) -> Setup:
     dataset = config.dataset or meta.dataset
     data = load_dataset(dataset, seed=config.seed)
     check_fits(config.model, meta, data)
-    threat = LpThreat(config.norm, config.eps, lower=data.spec.lower, upper=data.spec.upper)
+    threat = _threat(config, data.spec.lower, data.spec.upper)
     full = config.model_copy(update={"dataset": dataset})
     return Setup(model, _points(data.split(config.split), config), threat, full, data.spec.num_classes)
 
 
 def _load_named(name: str) -> tuple[nn.Module, Any]:
     if name.endswith((".pt", ".module.safetensors")):
-        from bastion.compare.build import load_built
+        from bastion.compare.deployable import load_built
 
         return load_built(name)
     return load_model(name)
@@ -147,10 +147,18 @@ def _prepare_user(config: EvalConfig) -> Setup:
 
 
 def _threat(config: EvalConfig, lower: Any, upper: Any) -> Any:
-    """The run's threat: the stored ``to_dict`` form where the config has one, else norm and eps in the box."""
-    if config.threat is not None:
-        return threat_from_dict(config.threat)
-    return LpThreat(config.norm, config.eps, lower=lower, upper=upper)
+    """The run's threat: the stored ``to_dict`` form where the config has one (``--threat FILE.json``), else norm
+    and eps in the data's box."""
+    if config.threat is None:
+        return LpThreat(config.norm, config.eps, lower=lower, upper=upper)
+    threat = threat_from_dict(config.threat)
+    if not isinstance(threat, LpThreat):
+        raise InvalidInputError(f"The evaluation job runs Lp threats so far, not {threat.kind}; run other kinds "
+                                "batch by batch with bastion.evaluation.runner.run_attack.")
+    if (threat.norm, threat.eps) != (config.norm, config.eps) and not isinstance(threat.eps, torch.Tensor):
+        raise InvalidInputError(f"--threat says {threat.norm} eps {threat.eps} but the run asks for {config.norm} "
+                                f"eps {config.eps}; give the same norm and eps (--norm, --eps) or drop one.")
+    return threat
 
 
 def _prepare_remote(config: EvalConfig) -> Setup:
@@ -165,7 +173,7 @@ def _prepare_remote(config: EvalConfig) -> Setup:
             "use a score- or decision-based attack: square, nes, spsa, zoo, hopskipjump, boundary."
         )
     data = load_dataset(config.dataset, seed=config.seed)
-    threat = LpThreat(config.norm, config.eps, lower=data.spec.lower, upper=data.spec.upper)
+    threat = _threat(config, data.spec.lower, data.spec.upper)
     points = _points(data.split(config.split), config)
     remote = RemoteModel(config.model, num_classes=data.spec.num_classes,
                          scores_needed=get_attack(config.attack).access == "score")

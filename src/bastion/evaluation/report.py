@@ -119,8 +119,8 @@ def _md_table_to_html(lines: list[str]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def report_html(run: Run, store: Store | None = None) -> str:
-    """A single self-contained page: numbers, flags, figures (embedded PNGs), gallery."""
+def report_html(run: Run, store: Store | None = None, *, gallery: list[dict[str, Any]] | None = None) -> str:
+    """A single self-contained page: numbers, flags, figures (embedded PNGs), gallery (from ``store``, or given)."""
     from bastion.evaluation import plots
 
     s = run.summary or {}
@@ -137,7 +137,8 @@ def report_html(run: Run, store: Store | None = None) -> str:
                   "<h2>Robust accuracy vs ε</h2>", _img(plots.curve_png(s, run.config), "robust accuracy vs eps"),
                   "<h2>Attack stages</h2>", _md_table_to_html(_stage_rows(s)),
                   _img(plots.contributions_png(s), "contribution of each attack")]
-        gallery = store.get_artifact(run.id, "gallery") if store is not None else None
+        if gallery is None and store is not None:
+            gallery = store.get_artifact(run.id, "gallery")
         if gallery:
             classes = _classes(run.config.get("dataset"))
             png = plots.gallery_png(gallery, classes)

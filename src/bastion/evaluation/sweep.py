@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bastion.errors import InvalidInputError
 from bastion.evaluation.config import EvalConfig
-from bastion.evaluation.job import KIND, evaluate
+from bastion.evaluation.job import KIND, prepare
 from bastion.store import Store
 
 
@@ -74,14 +74,16 @@ def load_sweep(path: str | Path) -> SweepConfig:
 
 
 def run_job(config: dict[str, Any]) -> dict[str, Any]:
-    """Worker side: evaluate one job into a private store and return the exported run."""
+    """Worker side: resolve one job's names, run it through the API into a private store, return the exported run."""
     import torch
+
+    from bastion.api import run_setup
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(Path(tmp) / "job.sqlite")
-        out = evaluate(EvalConfig(**config), store)
-        exported = store.export_run(out.run_id)
+        report = run_setup(prepare(EvalConfig(**config)), store=store, progress=False, device="cpu")
+        exported = store.export_run(report.run_id)
         store.close()
     return exported
 
@@ -100,8 +102,6 @@ def _pending(jobs: list[EvalConfig], store: Store) -> Iterator[tuple[EvalConfig,
 
 
 def _full_key(job: EvalConfig) -> str:
-    from bastion.evaluation.job import prepare
-
     return prepare(job).config.key()
 
 
