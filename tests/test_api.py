@@ -324,3 +324,19 @@ def test_a_threat_file_carries_per_feature_bounds_and_a_mask_from_the_command_li
                        str(user_files / "my.npz"), "--eps", "0.1", "--threat", str(tmp_path / "t.json"),
                        "--store", str(db))
     assert code == 2 and "give the same norm and eps" in " ".join(out.split())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_certify_on_each_device_is_reproducible(device: str) -> None:
+    """Smoothing's noise comes from the batch's generator on the data's device: the same seed gives the same
+    certificates on that device."""
+    data = load_dataset("digits")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).eval()
+    x, y = data.test.x[:12], data.test.y[:12]
+    runs = [bastion.certify(model, x, y, method="smoothing", sigma=0.25, eps=0.25, device=device, progress=False,
+                            samples=200, attack="none") for _ in range(2)]
+    assert runs[0].summary["certified_accuracy"] == runs[1].summary["certified_accuracy"]
+    recorded = runs[0].document["environment"]["device"]
+    assert recorded == "cpu" if device == "cpu" else recorded != "cpu"

@@ -75,9 +75,9 @@ def attack(model: nn.Module, inputs: Tensor | Iterable[Any], labels: Tensor | No
 def certify(model: nn.Module, inputs: Tensor | Iterable[Any], labels: Tensor | None = None, *,
             method: Literal["smoothing", "ibp", "crown", "lipschitz"], eps: float | None = None,
             sigma: float | None = None, norm: Literal["linf", "l2"] | None = None, radii: list[float] | None = None,
-            lower: float = 0.0, upper: float = 1.0, seed: int = 0, store: StoreLike = None,
-            report_dir: ReportDir = None, progress: bool = True, batch_size: int = 100, name: str | None = None,
-            fresh: bool = False, **options: Any) -> Report:
+            lower: float = 0.0, upper: float = 1.0, seed: int = 0, device: str | torch.device | None = None,
+            store: StoreLike = None, report_dir: ReportDir = None, progress: bool = True, batch_size: int = 100,
+            name: str | None = None, fresh: bool = False, **options: Any) -> Report:
     """Certify ``model`` on the points (randomized smoothing with ``sigma``, IBP, CROWN / CROWN-IBP bounds, or a
     1-Lipschitz margin certificate) and attack the same points, as ``bastion certify`` does: certified accuracy
     (a lower bound on robust accuracy) next to the attack's robust accuracy (an upper bound) at every radius.
@@ -96,17 +96,17 @@ def certify(model: nn.Module, inputs: Tensor | Iterable[Any], labels: Tensor | N
     config = CertifyConfig(method=method, model=label, dataset=f"tensors:{_data_hash(x, y)}", n=len(y), eps=eps,
                            sigma=sigma, norm=norm, radii=radii, batch_size=batch_size, seed=seed, **options)
     setup = CertifySetup(model, Split(x, y), lower, upper, config)
-    return run_certify(setup, store=store, report_dir=report_dir, progress=progress, fresh=fresh)
+    return run_certify(setup, device=device, store=store, report_dir=report_dir, progress=progress, fresh=fresh)
 
 
-def run_certify(setup: Any, *, store: StoreLike = None, report_dir: ReportDir = None, progress: bool = True,
-                fresh: bool = False) -> Report:
+def run_certify(setup: Any, *, device: str | torch.device | None = None, store: StoreLike = None,
+                report_dir: ReportDir = None, progress: bool = True, fresh: bool = False) -> Report:
     """Run a prepared ``CertifySetup`` and report it: what ``certify`` does after building the setup, and what
     ``bastion certify`` calls after resolving names (``certification.job.certify_prepare``)."""
     from bastion.certification.job import run_certify_setup
 
     with _opened(store) as st, _certify_bar(progress) as tick:
-        outcome = run_certify_setup(setup, st, fresh=fresh, on_progress=tick)
+        outcome = run_certify_setup(setup, st, fresh=fresh, on_progress=tick, device=device)
         return _certify_report(st.get_run(outcome.run_id), report_dir)
 
 

@@ -53,7 +53,7 @@ from bastion.certification import crown, ibp, lipschitz, smoothing
 from bastion.certification.config import CertifyConfig
 from bastion.data import load_dataset
 from bastion.data.base import Split
-from bastion.evaluation.job import environment
+from bastion.evaluation.job import environment, resolve_device
 from bastion.evaluation.runner import run_attack
 from bastion.evaluation.setup import check_fits
 from bastion.store import Store
@@ -89,7 +89,7 @@ class SoftSmoothed(nn.Module):
                  generator: torch.Generator) -> None:
         super().__init__()
         self.model, self.sigma = model, sigma
-        self.register_buffer("noise", torch.randn((samples, *shape), generator=generator))
+        self.register_buffer("noise", torch.randn((samples, *shape), generator=generator, device=generator.device))
 
     def forward(self, x: Tensor) -> Tensor:
         m = self.noise.shape[0]
@@ -207,8 +207,9 @@ def _attack_batch(model: nn.Module, config: CertifyConfig, x: Tensor, y: Tensor,
 
 
 # the job -----------------------------------------------------------------------------------------------
-def _generator(seed: int, batch: int, part: str) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + batch + _SALT[part])
+def _generator(seed: int, batch: int, part: str, device: torch.device) -> torch.Generator:
+    """The batch's generator for one part, on the data's device (the evaluation job's rule)."""
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + batch + _SALT[part])
 
 
 @dataclass(frozen=True)
@@ -258,11 +259,14 @@ def run_certify_setup(
     *,
     fresh: bool = False,
     on_progress: Callable[[CertifyProgress], None] | None = None,
+    device: str | torch.device | None = "cpu",
 ) -> CertifyOutcome:
-    """Run (or resume) a prepared certification into ``store`` (what ``bastion.certify`` calls)."""
-    model, points, full, config = setup.model, setup.points, setup.config, setup.config
+    """Run (or resume) a prepared certification into ``store`` (what ``bastion.certify`` calls), batch by batch
+    on ``device``."""
+    dev = resolve_device(device)
+    model, points, full, config = setup.model.to(dev), setup.points, setup.config, setup.config
     run_id = None if fresh else store.find_unfinished(KIND, full.key())
-    run_id = run_id or store.create_run(KIND, full.key(), _stored_config(full), config.seed, environment())
+    run_id = run_id or store.create_run(KIND, full.key(), _stored_config(full), config.seed, environment(dev))
     starts = list(range(0, len(points), config.batch_size))
     done = {part: store.done_batches(run_id, part) for part in ("certify", "attack")}
     finished = sum(min(config.batch_size, len(points) - s) for b, s in enumerate(starts)
@@ -273,10 +277,10 @@ def run_certify_setup(
         on_progress(CertifyProgress(finished, len(points), certified, already))
     eps = full.headline()
     for b, start in enumerate(starts):
-        x, y = points.x[start:start + config.batch_size], points.y[start:start + config.batch_size]
+        x, y = points.x[start:start + config.batch_size].to(dev), points.y[start:start + config.batch_size].to(dev)
         if b not in done["certify"]:
             t0 = time.perf_counter()
-            c = _certify_batch(model, full, x, y, _generator(config.seed, b, "certify"))
+            c = _certify_batch(model, full, x, y, _generator(config.seed, b, "certify", dev))
             seconds = time.perf_counter() - t0
             ok = c["certified"] == y
             rows = [(start + i, int(y[i]), int(c["certified"][i]), int(c["plain"][i]), int(ok[i]),
@@ -287,7 +291,7 @@ def run_certify_setup(
         if b not in done["attack"]:
             t0 = time.perf_counter()
             a = _attack_batch(model, full, x, y, setup.lower, setup.upper,
-                              _generator(config.seed, b, "attack"), _generator(config.seed, b, "check"))
+                              _generator(config.seed, b, "attack", dev), _generator(config.seed, b, "check", dev))
             seconds = time.perf_counter() - t0
             rows = [(start + i, int(y[i]), int(a["clean"][i]), int(a["adv"][i]), int(a["clean"][i] == y[i]),
                      int(a["found"][i]), float(a["norm"][i]) if bool(a["found"][i]) else None,

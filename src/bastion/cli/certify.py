@@ -44,6 +44,7 @@ def certify_cmd(
     seed: int = 0,
     store: str | None = STORE,
     fresh: bool = typer.Option(False, help="start a new run instead of resuming an unfinished identical one"),
+    device: str = typer.Option("auto", help="auto (a CUDA GPU if present), cpu, cuda or cuda:N"),
     out: Path | None = typer.Option(None, help="folder for report.json, report.md, certified.png"),
 ) -> None:
     """Certify N points (certified accuracy vs radius) and attack the same points (empirical robust accuracy)."""
@@ -76,7 +77,7 @@ def certify_cmd(
     from bastion.certification.job import certify_prepare
 
     st = Store(store)
-    report = run_certify(certify_prepare(config), store=st, fresh=fresh,
+    report = run_certify(certify_prepare(config), store=st, fresh=fresh, device=device,
                          report_dir=lambda run_id: out or default_report_dir(st, run_id))
     s, paths = report.summary, report.paths
     console.print(report.to_markdown(), markup=False)

@@ -162,7 +162,7 @@ def measure_job(payload: dict[str, Any]) -> dict[str, Any]:
             from bastion.certification.config import CertifyConfig
             from bastion.certification.job import certify_prepare
 
-            run_id = run_certify(certify_prepare(CertifyConfig(**payload["config"])), store=store,
+            run_id = run_certify(certify_prepare(CertifyConfig(**payload["config"])), store=store, device="cpu",
                                  progress=False).run_id
         exported = store.export_run(run_id)
         store.close()
