@@ -21,8 +21,6 @@ from torch import nn
 
 from bastion.errors import CheckpointError, InvalidInputError
 
-TORCHSCRIPT_SUFFIXES = (".ts", ".torchscript", ".jit", ".pt", ".pth")
-
 
 def is_model_reference(spec: str) -> bool:
     """Whether ``spec`` names code (``file.py:attr`` or ``package.module:attr``) rather than a zoo name or file."""
