@@ -132,7 +132,7 @@ def test_a_data_loader_gives_the_same_report_as_tensors(user_files: Path) -> Non
     assert a.config["data"] == b.config["data"]  # the same points, hashed the same
 
 
-def test_a_stored_api_run_resumes(user_files: Path, tmp_path: Path) -> None:
+def test_a_stored_api_run_is_reused(user_files: Path, tmp_path: Path) -> None:
     arrays = np.load(user_files / "my.npz")
     x, y = torch.from_numpy(arrays["x"]), torch.from_numpy(arrays["y"])
     store = tmp_path / "s.sqlite"
@@ -140,8 +140,10 @@ def test_a_stored_api_run_resumes(user_files: Path, tmp_path: Path) -> None:
                            progress=False)
     again = bastion.attack(_user_model(user_files), x, y, bastion.LpThreat("linf", 0.1), "fgsm", store=store,
                            progress=False)
-    assert first.run_id != again.run_id  # a finished run is not resumed: the same call runs again
-    assert first.robust_accuracy == again.robust_accuracy
+    assert first.run_id == again.run_id  # the same call again returns the finished run; nothing is recomputed
+    fresh = bastion.attack(_user_model(user_files), x, y, bastion.LpThreat("linf", 0.1), "fgsm", store=store,
+                           progress=False, fresh=True)
+    assert fresh.run_id != first.run_id and fresh.robust_accuracy == first.robust_accuracy
 
 
 def test_tabular_csv_gets_per_feature_bounds_and_is_attacked(tmp_path: Path) -> None:
@@ -340,3 +342,12 @@ def test_certify_on_each_device_is_reproducible(device: str) -> None:
     assert runs[0].summary["certified_accuracy"] == runs[1].summary["certified_accuracy"]
     recorded = runs[0].document["environment"]["device"]
     assert recorded == "cpu" if device == "cpu" else recorded != "cpu"
+
+
+def test_a_model_name_with_markup_stays_text_in_the_reports(user_files: Path) -> None:
+    arrays = np.load(user_files / "my.npz")
+    report = bastion.attack(_user_model(user_files), torch.from_numpy(arrays["x"][:8]),
+                            torch.from_numpy(arrays["y"][:8]), bastion.LpThreat("linf", 0.1), "fgsm", progress=False,
+                            model_name="<img src=x>[link](javascript:x)")
+    assert "\\<img src=x\\>\\[link\\]\\(javascript:x\\)" in report.to_markdown()
+    assert "&lt;img src=x&gt;" in report.to_html() and "<img src=x>" not in report.to_html()

@@ -13,7 +13,8 @@ SRC = Path(bastion.__file__).parent
 
 # (layer, module prefixes), lowest first; the most specific (longest) matching prefix decides.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("core", ("bastion.errors", "bastion.registry", "bastion.progress", "bastion.oracle", "bastion.batch")),
+    ("core", ("bastion.errors", "bastion.registry", "bastion.progress", "bastion.oracle", "bastion.batch",
+              "bastion.yamlfile")),
     ("threats", ("bastion.threats", "bastion.threat", "bastion.validate")),
     ("data", ("bastion.data",)),
     ("models", ("bastion.zoo",)),

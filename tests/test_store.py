@@ -95,11 +95,13 @@ def test_targeted_config_rules(digits_checkpoint: Path) -> None:
         EvalConfig(model=str(digits_checkpoint), suite="fast", targeted=True)
 
 
-def test_finished_run_is_not_resumed_and_fresh_starts_new(digits_checkpoint: Path, store: Store) -> None:
+def test_finished_run_is_reused_and_fresh_starts_new(digits_checkpoint: Path, store: Store) -> None:
     config = _config(digits_checkpoint)
     first = evaluate(config, store)
-    second = evaluate(config, store)
-    assert first.run_id != second.run_id and second.resumed_points == 0
+    again = evaluate(config, store)  # the same command again: the stored run, nothing recomputed
+    assert again.reused and again.run_id == first.run_id and again.summary == first.summary
+    second = evaluate(config, store, fresh=True)
+    assert first.run_id != second.run_id and second.resumed_points == 0 and not second.reused
     run = store.get_run(first.run_id)
     assert run.status == "finished" and run.summary == first.summary
     assert run.environment["torch"] and run.config["dataset"] == "digits" and run.seed == 5

@@ -239,7 +239,10 @@ def _bar(progress: bool, cfg: EvalConfig) -> Iterator[Callable[[Progress], None]
         task = bar.add_task(f"{what} {cfg.norm} eps={cfg.eps}", total=cfg.n, info="")
 
         def tick(p: Progress) -> None:
-            if p.resumed:
+            if p.stage == "reused":
+                bar.console.print("the same run is already finished in this store: its stored numbers are shown "
+                                  "(--fresh, or fresh=True, runs it again)")
+            elif p.resumed:
                 bar.console.print(f"resuming an unfinished run with the same configuration: {p.resumed} points done")
             stage = f" ({p.stage})" if p.stage else ""
             bar.update(task, total=p.total, completed=p.done, info=f"broken {p.broken}{stage}")

@@ -1,5 +1,7 @@
 """Errors a user can act on: each names what went wrong and how to fix it."""
 
+from typing import Any
+
 
 class BastionError(Exception):
     """Base class of every error bastion raises on purpose.
@@ -29,3 +31,9 @@ class DataUnavailableError(BastionError):
 
 class QueryBudgetExceeded(BastionError):
     """A model wrapper refused a query because a sample's budget is spent."""
+
+
+def config_errors(exc: Any) -> str:
+    """A pydantic ``ValidationError`` as one line: ``field.path: what is wrong`` per error, joined by ``;``."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'the file'}: {e['msg'].removeprefix('Value error, ')}"
+                     for e in exc.errors())

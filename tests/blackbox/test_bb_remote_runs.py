@@ -66,3 +66,52 @@ def test_a_run_whose_endpoint_dies_is_marked_failed_and_resumes(digits_model: nn
         assert again.queries > 0
     assert resumed.run_id == run.id and resumed.resumed_points == 5
     assert store.get_run(run.id).status == "finished"
+
+
+def test_an_endpoint_for_another_number_of_classes_is_refused(tmp_path: Path) -> None:
+    wrong = nn.Sequential(nn.Flatten(), nn.Linear(64, 12)).eval()  # 12 classes, digits has 10
+    with serve_model(wrong, mode="scores") as server:
+        code, out = _cli("attack", "square", "--target", server.url, "--dataset", "digits", "--n", "4",
+                         "--eps", "0.2", "--max-queries", "20", "--store", str(tmp_path / "s.db"))
+    assert code == 2 and "answered 12 scores per input, but the data set has 10 classes" in out
+
+
+def _raw_post(url: str, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict]:
+    import http.client
+    import json as _json
+
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.putrequest("POST", path)
+    for key, value in headers.items():
+        conn.putheader(key, value)
+    conn.endheaders()
+    conn.send(body)
+    response = conn.getresponse()
+    return response.status, _json.loads(response.read() or b"{}")
+
+
+class Raises(nn.Module):
+    def forward(self, x: object) -> object:
+        raise RuntimeError("out of memory")
+
+
+@pytest.mark.parametrize(("path", "headers", "status", "words"), [
+    ("/predict", {"Content-Length": "-1"}, 400, "Content-Length"),
+    ("/predict", {}, 400, "bad request"),
+    ("/elsewhere", {"Content-Length": "2"}, 404, "POST to /predict"),
+])
+def test_the_reference_server_answers_bad_requests_at_once(digits_model: nn.Module, path: str, headers: dict,
+                                                           status: int, words: str) -> None:
+    with serve_model(digits_model) as server:
+        code, body = _raw_post(server.url, path, b"{}", headers)
+    assert code == status and words in body["error"]
+
+
+def test_the_reference_server_answers_when_the_model_fails() -> None:
+    import json as _json
+
+    with serve_model(Raises()) as server:
+        body = _json.dumps({"inputs": [[0.0]], "shape": [1, 1]}).encode()
+        code, answer = _raw_post(server.url, "/predict", body, {"Content-Length": str(len(body))})
+    assert code == 500 and "out of memory" in answer["error"]

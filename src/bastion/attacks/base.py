@@ -16,6 +16,8 @@ whole robust-accuracy-versus-eps curve).
 
 from __future__ import annotations
 
+import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -23,6 +25,7 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import Tensor, nn
 
+from bastion.errors import InvalidInputError
 from bastion.registry import Registry
 from bastion.threat import LpThreat, Norm
 
@@ -91,6 +94,48 @@ def register_attack(
         name,
         lambda fn: AttackSpec(name, fn, norms, goal, access, paper, randomized, threats),
     )
+
+
+COUNTS = frozenset({"steps", "n_iter", "max_iter", "max_iterations", "max_queries", "samples", "max_evals",
+                    "init_evals", "candidates", "coordinates", "restarts", "n_target_classes"})  # at least 1
+
+
+def check_params(spec: AttackSpec, params: dict[str, Any]) -> None:
+    """Each hyperparameter against the attack's own signature: a known name, its type (from the default or the
+    annotation), and its range (counts at least 1, other numbers finite and non-negative). One line naming the fix."""
+    allowed = {n: p for n, p in inspect.signature(spec.fn).parameters.items()
+               if p.kind is inspect.Parameter.KEYWORD_ONLY and n not in ("targeted", "generator")}
+    for key, value in params.items():
+        if key not in allowed:
+            raise InvalidInputError(f"{spec.name} has no parameter {key!r}; its parameters are "
+                                    f"{', '.join(sorted(allowed))}.")
+        _check_value(spec.name, key, value, _kind(allowed[key]))
+
+
+def _kind(param: inspect.Parameter) -> str | None:
+    default, note = param.default, str(param.annotation)
+    if isinstance(default, bool) or note == "bool":
+        return "bool"
+    for kind, py in (("int", int), ("float", float), ("str", str)):
+        if isinstance(default, py) or note in (kind, f"{kind} | None"):
+            return kind
+    return None  # tensors, modules: not checked here
+
+
+def _check_value(attack: str, key: str, value: Any, kind: str | None) -> None:
+    if kind is None or value is None:
+        return
+    ok = {"bool": isinstance(value, bool), "str": isinstance(value, str),
+          "int": isinstance(value, int) and not isinstance(value, bool),
+          "float": isinstance(value, int | float) and not isinstance(value, bool)}[kind]
+    if not ok:
+        article = "an" if kind == "int" else "a"
+        name = {"int": "integer", "float": "number", "bool": "boolean (true/false)", "str": "string"}[kind]
+        raise InvalidInputError(f"{attack}: {key} must be {article} {name}; got {value!r}, e.g. -p {key}=...")
+    if key in COUNTS and value < 1:
+        raise InvalidInputError(f"{attack}: {key} must be at least 1; got {value!r}.")
+    if kind in ("int", "float") and (not math.isfinite(value) or value < 0):
+        raise InvalidInputError(f"{attack}: {key} must be finite and non-negative; got {value!r}.")
 
 
 def get_attack(name: str) -> AttackSpec:

@@ -86,8 +86,17 @@ class RemoteModel(nn.Module):
             raise RemoteTargetError(
                 f"Remote target {self.url} answers labels only, and a score-based attack needs scores; use a "
                 "decision-based attack (hopskipjump, boundary) against it.", url=self.url, status=200)
+        if out.dim() == 2 and self.num_classes is not None and out.shape[1] != self.num_classes:
+            raise RemoteTargetError(
+                f"Remote target {self.url} answered {out.shape[1]} scores per input, but the data set has "
+                f"{self.num_classes} classes; point --target at the model trained on this data (or pick the "
+                "matching --dataset).", url=self.url, status=200)
         if out.dim() == 1 and self.num_classes is not None:
-            out = torch.nn.functional.one_hot(out.clamp(0, self.num_classes - 1), self.num_classes).float()
+            if out.min() < 0 or out.max() >= self.num_classes:
+                raise RemoteTargetError(
+                    f"Remote target {self.url} answered labels outside 0..{self.num_classes - 1}; point --target at "
+                    "the model trained on this data (or pick the matching --dataset).", url=self.url, status=200)
+            out = torch.nn.functional.one_hot(out, self.num_classes).float()
         return out.to(x.device)
 
     def _post(self, body: bytes, n: int) -> bytes:
@@ -200,6 +209,9 @@ class ModelServer:
         self.close()
 
 
+MAX_BODY = 256 * 2**20  # bytes the reference server reads from one request
+
+
 def serve_model(model: nn.Module, host: str = "127.0.0.1", port: int = 0, mode: Mode = "scores", *,
                 probabilities: bool = False, delay: float = 0.0, max_batch: int | None = None) -> ModelServer:
     """Serve ``model`` on ``http://host:port/predict`` with the protocol above, on a daemon thread.
@@ -219,12 +231,19 @@ def serve_model(model: nn.Module, host: str = "127.0.0.1", port: int = 0, mode: 
     holder: dict[str, ModelServer] = {}
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = 30.0  # seconds a client may take to send its request (a short body never hangs a thread)
+
         def log_message(self, format: str, *args: Any) -> None:
             logger.debug("serve_model: " + format, *args)
 
         def do_POST(self) -> None:
+            if self.path.split("?")[0] != "/predict":
+                self._send(404, {"error": f"no endpoint at {self.path}; POST to /predict"})
+                return
             try:
-                length = int(self.headers.get("Content-Length", "0"))
+                length = int(self.headers.get("Content-Length", ""))
+                if not 0 <= length <= MAX_BODY:
+                    raise ValueError(f"Content-Length must be 0..{MAX_BODY}, not {length}")
                 request = json.loads(self.rfile.read(length))
                 shape = [int(s) for s in request["shape"]]
                 x = torch.tensor(request["inputs"], dtype=torch.float32).reshape(shape)
@@ -236,8 +255,12 @@ def serve_model(model: nn.Module, host: str = "127.0.0.1", port: int = 0, mode: 
                 return
             if delay:
                 time.sleep(delay)
-            with model_lock, torch.no_grad():
-                out = model(x)
+            try:
+                with model_lock, torch.no_grad():
+                    out = model(x)
+            except Exception as err:  # the model's own failure: an answer, not a dropped connection
+                self._send(500, {"error": f"the model failed on this batch: {type(err).__name__}: {err}"})
+                return
             server = holder["server"]
             with server._lock:
                 server.queries += x.shape[0]

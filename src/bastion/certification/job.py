@@ -263,8 +263,14 @@ def run_certify_setup(
 ) -> CertifyOutcome:
     """Run (or resume) a prepared certification into ``store`` (what ``bastion.certify`` calls), batch by batch
     on ``device``."""
+    full, config = setup.config, setup.config
+    done_before = None if fresh else store.find_finished(KIND, full.key())
+    if done_before is not None:  # the same certification, finished: nothing is recomputed
+        if on_progress:
+            on_progress(CertifyProgress(len(setup.points), len(setup.points), 0, len(setup.points)))
+        return CertifyOutcome(done_before, store.get_run(done_before).summary or {}, len(setup.points))
     dev = resolve_device(device)
-    model, points, full, config = setup.model.to(dev), setup.points, setup.config, setup.config
+    model, points = setup.model.to(dev), setup.points
     run_id = None if fresh else store.find_unfinished(KIND, full.key())
     run_id = run_id or store.create_run(KIND, full.key(), _stored_config(full), config.seed, environment(dev))
     starts = list(range(0, len(points), config.batch_size))

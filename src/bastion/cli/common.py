@@ -11,9 +11,10 @@ from typing import Any, TypeVar
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 
-from bastion.errors import BastionError
+from bastion.errors import BastionError, config_errors
 from bastion.progress import progress_bar as _progress_bar
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -35,13 +36,11 @@ def friendly(fn: F) -> F:
             with warnings.catch_warnings():
                 warnings.simplefilter("default")
                 return fn(*args, **kwargs)
-        except BastionError as exc:
-            err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        except BastionError as exc:  # the message is the user's text too (paths, names): never read as markup
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(2) from None
         except ValidationError as exc:
-            msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
-                             for e in exc.errors())
-            err.print(f"[bold red]error:[/] invalid configuration: {msgs}", soft_wrap=True)
+            err.print(f"[bold red]error:[/] invalid configuration: {escape(config_errors(exc))}", soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]

@@ -107,14 +107,19 @@ def attack_cmd(
 ) -> None:
     """Run one registered attack against a model and record the result."""
     from bastion.attacks import get_attack
+    from bastion.attacks.base import check_params
     from bastion.errors import InvalidInputError
     from bastion.evaluation.config import EvalConfig, TargetChoice
 
-    get_attack(name)
+    spec = get_attack(name)
     if targets not in get_args(TargetChoice):
         raise InvalidInputError(f"--targets {targets!r} is not a target choice; use "
                                 f"{' or '.join(get_args(TargetChoice))}.")
+    if target is not None and not target.startswith(("http://", "https://")):
+        raise InvalidInputError(f"--target must be an http:// or https:// URL of a model endpoint; got {target!r} "
+                                "(a model file or name goes to --model).")
     params = parse_params(param, "--param")
+    check_params(spec, params)  # before any model or data is loaded
     config = EvalConfig(model=target or model, weights=weights, dataset=dataset, data=data,
                         label_column=label_column, lower=lower, upper=upper, threat=read_threat(threat), split=split,
                         n=n, norm=norm,

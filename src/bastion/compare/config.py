@@ -21,10 +21,10 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from bastion.errors import InvalidInputError
+from bastion.errors import InvalidInputError, config_errors
+from bastion.yamlfile import read_yaml_mapping
 
 PRESETS = Path(__file__).parent / "presets"
 TRAINED = ("standard", "pgd-at", "fast-at", "trades", "mart", "awp")
@@ -163,18 +163,15 @@ def load_compare(source: str | Path, *, quick: bool = False) -> CompareConfig:
             raise InvalidInputError(f"{source} is neither a compare YAML file nor a built-in preset "
                                     f"({', '.join(preset_names())}); see `bastion compare --help`.")
         path = PRESETS / f"{source}.yaml"
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise InvalidInputError(f"{path} is not valid YAML ({exc}); fix the file.") from None
-    if not isinstance(data, dict):
-        raise InvalidInputError(f"{path} must be a mapping; see docs/COMPARE.md.")
+    data = read_yaml_mapping(path, "comparison (docs/COMPARE.md)")
     overrides = data.pop("quick", None) or {}
     if quick:
         data = _merge(data, overrides)
         data["name"] = f"{data.get('name', 'compare')}-quick"
     try:
         return CompareConfig.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidInputError(f"{path}: invalid comparison: {config_errors(exc)}") from None
     except ValueError as exc:
         raise InvalidInputError(f"{path}: {exc}") from None
 

@@ -58,6 +58,7 @@ class EvalOutcome:
     run_id: str
     summary: dict[str, Any]
     resumed_points: int
+    reused: bool = False  # a finished identical run was returned instead of running again
 
 
 def batch_generator(seed: int, batch: int, device: torch.device) -> torch.Generator:
@@ -92,6 +93,20 @@ def _rows(result: AttackResult, labels: Tensor, index: list[int]) -> list[tuple[
 
 
 def prepare(config: EvalConfig) -> Setup:
+    """Resolve ``config``'s names and files into a ``Setup`` (see ``_resolve``). Asking for more points than the data
+    has evaluates the points there are, says so in ``Setup.note`` and stores the ``n`` that was evaluated."""
+    setup = _resolve(config)
+    got = len(setup.points)
+    if got >= config.n:
+        return setup
+    where = config.data if config.data is not None else f"the {config.split} split"
+    note = (f"--n {config.n} asked for, but {where} has {got} points from offset {config.offset}: evaluating "
+            f"{got} (stored as n={got})")
+    return replace(setup, config=setup.config.model_copy(update={"n": got}),
+                   note="; ".join(filter(None, [setup.note, note])))
+
+
+def _resolve(config: EvalConfig) -> Setup:
     """Load model and data, check they fit, build the threat model; ``config.dataset`` filled in.
 
     A model given as an ``http(s)://`` URL is a remote black-box endpoint (``bastion.blackbox.http``); a model
@@ -217,9 +232,15 @@ def run(
 
     Batches go to ``device`` one at a time; each batch draws its random numbers from a generator on that device
     seeded from (seed, batch number), so a resumed run repeats the uninterrupted one on the same device."""
+    cfg = setup.config
+    done_before = None if fresh else store.find_finished(KIND, cfg.key())
+    if done_before is not None:  # the same run, finished: its numbers are stored, nothing is recomputed
+        summary = store.get_run(done_before).summary or {}
+        if on_progress:
+            on_progress(Progress(len(setup.points), len(setup.points), 0, len(setup.points), stage="reused"))
+        return EvalOutcome(done_before, summary, len(setup.points), reused=True)
     dev = resolve_device(device)
     setup.model.to(dev)
-    cfg = setup.config
     run_id = None if fresh else store.find_unfinished(KIND, cfg.key())
     if run_id is not None:
         store.set_status(run_id, "running")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -41,16 +42,25 @@ def _num(x: float | None, digits: int = 4) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
-def _headline(run: Run) -> str:
+def _headline(run: Run, *, markdown: bool = True) -> str:
+    """One sentence on what was run; ``markdown``: the user's names with their Markdown characters escaped (the
+    HTML page escapes the plain text for HTML instead)."""
     c, s = run.config, run.summary or {}
+    text = _md if markdown else str
     what = f"the **{c.get('suite')}** attack suite" if c.get("suite") else \
         f"attack **{c.get('attack')}** {json.dumps(c.get('params', {}))}"
     if c.get("targeted"):
         what += f", **targeted** ({c.get('targets', 'random')} target classes)"
-    where = f"**{c['data']}** (first {s.get('n')} points)" if c.get("data") else \
-        f"**{c.get('dataset')}** ({c.get('split')} split, first {s.get('n')} points)"
-    return (f"Model **{c.get('model')}** on {where}; threat model {NORM_NAMES.get(c.get('norm', ''), c.get('norm'))} "
-            f"ε = {c.get('eps')}; {what}; seed {c.get('seed')}.")
+    where = f"**{text(c['data'])}** (first {s.get('n')} points)" if c.get("data") else \
+        f"**{text(c.get('dataset'))}** ({c.get('split')} split, first {s.get('n')} points)"
+    norm = NORM_NAMES.get(c.get("norm", ""), c.get("norm"))
+    return (f"Model **{text(c.get('model'))}** on {where}; threat model {norm} ε = {c.get('eps')}; {what}; "
+            f"seed {c.get('seed')}.")
+
+
+def _md(text: object) -> str:
+    """A user's string (a model or file name) as literal Markdown text: its markup characters escaped."""
+    return re.sub(r"([\\`*_{}\[\]<>()#+!|])", r"\\\1", str(text))
 
 
 def _stage_rows(s: dict[str, Any]) -> list[str]:
@@ -125,7 +135,7 @@ def report_html(run: Run, store: Store | None = None, *, gallery: list[dict[str,
 
     s = run.summary or {}
     md = report_markdown(run).splitlines()
-    headline = html.escape(_headline(run).replace("**", ""))
+    headline = html.escape(_headline(run, markdown=False).replace("**", ""))
     metrics = _md_table_to_html([ln for ln in md[4:14] if ln.startswith("|")])
     parts = [f"<h1>bastion evaluation <code>{html.escape(run.id)}</code></h1>", f"<p>{headline}</p>", metrics]
     if s.get("mode") == "suite":

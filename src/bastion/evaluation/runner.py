@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from bastion.attacks import get_attack
-from bastion.attacks.base import AttackSpec
+from bastion.attacks.base import AttackSpec, check_params
 from bastion.batch import Batch, batch_size, clone, detach, put_, take, to
 from bastion.errors import InvalidInputError
 from bastion.evaluation.config import TargetChoice
@@ -122,6 +122,7 @@ def run_attack(
     spec = get_attack(attack) if isinstance(attack, str) else attack
     if not spec.accepts(threat):
         raise InvalidInputError(spec.refusal(threat))
+    check_params(spec, params)
     check_inputs(inputs, threat)
     was_training = ensure_eval(model)
     try:

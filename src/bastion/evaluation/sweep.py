@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from bastion.errors import InvalidInputError
 from bastion.evaluation.config import EvalConfig
 from bastion.evaluation.job import KIND, prepare
 from bastion.store import Store
+from bastion.yamlfile import read_yaml_mapping
 
 
 class ThreatSpec(BaseModel):
@@ -66,11 +66,7 @@ def load_sweep(path: str | Path) -> SweepConfig:
     p = Path(path)
     if not p.exists():
         raise InvalidInputError(f"Sweep config {p} not found; pass a YAML file (see `bastion sweep --help`).")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise InvalidInputError(f"{p} is not valid YAML ({exc}).") from None
-    return SweepConfig(**(data or {}))
+    return SweepConfig(**read_yaml_mapping(p, "sweep config"))
 
 
 def run_job(config: dict[str, Any]) -> dict[str, Any]:

@@ -87,7 +87,11 @@ def _hidden(url: URL) -> str:
 def engine_for(target: Target) -> Engine:
     if target.is_sqlite:
         assert target.path is not None
-        target.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            target.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"The results store's folder {target.path.parent} cannot be created ({exc.strerror}); "
+                             "point BASTION_HOME or --store at a folder you can write.") from None
         engine = create_engine(target.url, connect_args={"timeout": SQLITE_TIMEOUT_S})
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)

@@ -73,9 +73,22 @@ class Store:
         try:
             with translated(self.target, "opened"):
                 self.upgraded_from = upgrade(self._engine, self.target)
+                self._check_integrity()
         except StoreError:
             self._engine.dispose()
             raise
+
+    def _check_integrity(self) -> None:
+        """SQLite: a damaged page anywhere (``PRAGMA quick_check``) is said at once, before a command reads a cached
+        summary and exits 0 while the rows behind it cannot be read."""
+        if not self.target.is_sqlite:
+            return
+        with self._engine.connect() as conn:
+            problems = [str(r[0]) for r in conn.exec_driver_sql("PRAGMA quick_check(3)")]
+        if problems != ["ok"]:
+            raise StoreError(f"The results store {self.name} is damaged ({'; '.join(problems)[:200]}); move it "
+                             "aside (bastion never rewrites it) and pass another --store, or salvage it with "
+                             "`sqlite3 FILE .recover`.")
 
     def close(self) -> None:
         self._engine.dispose()

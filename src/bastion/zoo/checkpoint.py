@@ -43,10 +43,27 @@ class CheckpointMeta:
     format: str = FORMAT
 
     @staticmethod
-    def from_json(data: dict[str, Any]) -> CheckpointMeta:
+    def from_json(data: Any) -> CheckpointMeta:
+        """The metadata from its JSON form, each field checked (``ValueError`` names the field and what it needs)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"it is not a JSON object but a {type(data).__name__}")
         known = set(CheckpointMeta.__dataclass_fields__)
         data = {k: v for k, v in data.items() if k in known}
-        data["input_shape"] = tuple(data.get("input_shape", ()))
+        missing = [k for k in ("arch", "input_shape", "num_classes", "dataset") if k not in data]
+        if missing:
+            raise ValueError(f"it lacks {', '.join(missing)}")
+        shape = data["input_shape"]
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d > 0 for d in shape):
+            raise ValueError(f"input_shape must be a list of positive integers, not {shape!r}")
+        if not isinstance(data["num_classes"], int) or isinstance(data["num_classes"], bool) or \
+                data["num_classes"] < 0:  # 0: not a classifier (the DDPM denoisers)
+            raise ValueError(f"num_classes must be a non-negative integer, not {data['num_classes']!r}")
+        for key in ("arch_kwargs", "recipe", "metrics"):
+            if not isinstance(data.get(key, {}), dict):
+                raise ValueError(f"{key} must be a mapping (a JSON object), not {data[key]!r}")
+        if not isinstance(data["arch"], str) or not isinstance(data["dataset"], str):
+            raise ValueError("arch and dataset must be strings")
+        data["input_shape"] = tuple(shape)
         return CheckpointMeta(**data)
 
 
@@ -84,8 +101,9 @@ def read_meta(path: str | Path) -> CheckpointMeta:
         raise CheckpointError(f"Checkpoint metadata {info} not found; a checkpoint is NAME.safetensors + NAME.json.")
     try:
         return CheckpointMeta.from_json(json.loads(info.read_text()))
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise CheckpointError(f"Checkpoint metadata {info} is not valid ({exc}); re-save the checkpoint.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"Checkpoint metadata {info} is not valid: {exc}; re-save the checkpoint "
+                              "(save_checkpoint writes it).") from None
 
 
 def load_checkpoint(path: str | Path, *, verify: bool = True) -> tuple[nn.Module, CheckpointMeta]:
@@ -96,8 +114,9 @@ def load_checkpoint(path: str | Path, *, verify: bool = True) -> tuple[nn.Module
         raise CheckpointError(f"Checkpoint weights {weights} not found beside its metadata; re-train or re-copy it.")
     if verify and meta.sha256 and _sha256(weights) != meta.sha256:
         raise CheckpointError(
-            f"{weights} does not match the SHA-256 in its metadata (corrupt or replaced). "
-            "Re-download/re-train it, or pass verify=False if you changed it on purpose."
+            f"{weights} does not match the SHA-256 in its metadata (corrupt or replaced); re-train it or copy both "
+            "files again from where they were made (Python callers who changed the weights on purpose can pass "
+            "load_checkpoint(..., verify=False))."
         )
     try:
         state = load_file(str(weights))

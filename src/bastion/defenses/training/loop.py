@@ -32,6 +32,7 @@ from bastion.defenses.training.base import METHODS, StepContext
 from bastion.defenses.training.curriculum import AutoSchedule
 from bastion.defenses.training.guard import CollapseGuard, robust_accuracy
 from bastion.defenses.training.recipe import Recipe
+from bastion.errors import CheckpointError
 from bastion.threat import LpThreat
 from bastion.zoo.architectures import build_model
 from bastion.zoo.checkpoint import CheckpointMeta, save_checkpoint
@@ -110,7 +111,12 @@ def _save_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, 
 
 def _load_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
                 ema: nn.Module | None, swa: AveragedModel | None) -> tuple[RunState, CollapseGuard]:
-    s = torch.load(path, map_location="cpu", weights_only=True)  # plain tensors and numbers: nothing to unpickle
+    try:  # plain tensors and numbers: nothing in the file can run code
+        s = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        why = "it holds more than tensors and plain numbers; bastion never unpickles code"
+        raise CheckpointError(f"{path} is not a training state bastion wrote ({why}): delete it, or start over "
+                              "with --no-resume.") from None
     model.load_state_dict(s["model"])
     optimizer.load_state_dict(s["optimizer"])
     generator.set_state(s["generator"])

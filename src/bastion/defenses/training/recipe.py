@@ -17,10 +17,10 @@ import inspect
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bastion.errors import InvalidInputError
+from bastion.yamlfile import read_yaml_mapping
 
 
 class Recipe(BaseModel):
@@ -88,10 +88,5 @@ def load_recipe(path: str | Path, **overrides: Any) -> Recipe:
     p = Path(path)
     if not p.exists():
         raise InvalidInputError(f"Recipe {p} not found; pass a YAML file such as docs/recipes/mnist-fast-at.yaml.")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise InvalidInputError(f"Recipe {p} is not valid YAML ({exc}); fix the file.") from None
-    if not isinstance(data, dict):
-        raise InvalidInputError(f"Recipe {p} must be a mapping of fields; see docs/TRAINING.md.")
+    data = read_yaml_mapping(p, "training recipe (docs/TRAINING.md)")
     return Recipe.model_validate(data | {k: v for k, v in overrides.items() if v is not None})
