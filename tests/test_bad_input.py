@@ -129,7 +129,8 @@ CASES: list[tuple[str, Callable[[Path, Path], list[str]], str]] = [
     ("arch_kwargs not a mapping", _meta({"arch_kwargs": [3]}), "arch_kwargs"),
     ("checkpoint weights replaced", _meta({"sha256": "0" * 64}), "re-train it or copy both files again"),
     # sweep and compare files
-    ("sweep with a wrong type", _yaml_file("sweep", {"models": ["{ckpt}"], "n": "twenty"}), "n"),
+    ("sweep with a wrong type", _yaml_file("sweep", {"models": ["m"], "threats": [{"norm": "linf", "eps": 0.1}],
+                                                     "defaults": {"n": "twenty"}}), "defaults: n: Input should be"),
     ("sweep that is binary", _yaml_file("sweep", b"\xff\xfe\x00binary\x00"), "is not a text YAML file"),
     ("compare with a wrong type", _yaml_file("compare", {"name": "x", "dataset": "digits", "eval": {"n": "twenty"},
                                                          "defenses": [{"name": "a", "method": "standard"}]}),

@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                     "bastion.evaluation.diagnostics",
                     "bastion.evaluation.adaptive",
                     "bastion.evaluation.outcome", "bastion.certification.train")),
-    ("store", ("bastion.store", "bastion.evaluation.store")),
+    ("store", ("bastion.store", "bastion.evaluation.store", "bastion.evaluation.claims")),
     ("runs", ("bastion.evaluation", "bastion.evaluation.job", "bastion.evaluation.summary", "bastion.evaluation.report",
               "bastion.evaluation.plots", "bastion.certification", "bastion.compare.deployable")),
     ("api", ("bastion.api", "bastion.report")),

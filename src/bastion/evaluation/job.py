@@ -23,6 +23,7 @@ from bastion.data import load_dataset
 from bastion.data.base import Split
 from bastion.data.user import load_user_data
 from bastion.errors import InvalidInputError
+from bastion.evaluation import claims
 from bastion.evaluation.adaptive import build_adaptation, detector_adaptation, probe
 from bastion.evaluation.config import EvalConfig
 from bastion.evaluation.outcome import outcome_checks
@@ -241,10 +242,8 @@ def run(
         return EvalOutcome(done_before, summary, len(setup.points), reused=True)
     dev = resolve_device(device)
     setup.model.to(dev)
-    run_id = None if fresh else store.find_unfinished(KIND, cfg.key())
-    if run_id is not None:
-        store.set_status(run_id, "running")
-    run_id = run_id or store.create_run(KIND, cfg.key(), cfg.model_dump(mode="json"), cfg.seed, environment(dev))
+    record = (KIND, cfg.key(), cfg.model_dump(mode="json"), cfg.seed, environment(dev))
+    run_id = store.create_run(*record) if fresh else store.open_run(*record)
     try:
         return _execute(setup, store, run_id, on_progress, dev)
     except Exception as exc:  # the finished batches stay; the same call resumes the run
@@ -264,14 +263,22 @@ def _execute(setup: Setup, store: Store, run_id: str, on_progress: Callable[[Pro
     broken = sum(r["success"] for r in store.samples(run_id, cfg.done_part))
     if on_progress:
         on_progress(Progress(finished, n, broken, already))
-    for b, start in enumerate(starts):
-        if b in done:
-            continue
-        stop = min(start + size, n)
-        broken += _batch(store, run_id, setup, plan, b, start, stop, on_progress, finished, broken, dev)
-        finished = stop
-        if on_progress:
-            on_progress(Progress(finished, n, broken))
+    owner, todo = claims.Owner.current(), [b for b in range(len(starts)) if b not in done]
+    while todo:  # each batch computed by the process that claims it (claims.py); the others wait for it
+        done, ran = store.done_batches(run_id, cfg.done_part), False
+        for b in list(todo):
+            start, stop = starts[b], min(starts[b] + size, n)
+            if b not in done and not claims.take(store, run_id, f"claim/{b}", owner):
+                continue
+            if b not in done:
+                broken += _batch(store, run_id, setup, plan, b, start, stop, on_progress, finished, broken, dev)
+                ran = True
+            todo.remove(b)
+            finished += stop - start
+            if on_progress:
+                on_progress(Progress(finished, n, broken))
+        if todo and not ran:
+            time.sleep(claims.POLL_S)
     if cfg.suite and cfg.outcome_checks and store.get_artifact(run_id, "outcome_flags") is None:
         if on_progress:
             on_progress(Progress(finished, n, broken, stage="diagnostics"))

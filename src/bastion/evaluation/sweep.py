@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from bastion.errors import InvalidInputError
+from bastion.errors import InvalidInputError, config_errors
 from bastion.evaluation.config import EvalConfig
 from bastion.evaluation.job import KIND, prepare
 from bastion.store import Store
@@ -45,6 +45,16 @@ class SweepConfig(BaseModel):
     models: list[str]
     threats: list[ThreatSpec]
     shards: int = Field(1, ge=1)
+
+    @field_validator("defaults")
+    @classmethod
+    def _defaults(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """Every default is an EvalConfig field of the right type, said before any job is made."""
+        try:
+            EvalConfig.model_validate({"model": "check"} | value)
+        except ValidationError as exc:
+            raise ValueError(config_errors(exc)) from None
+        return value
 
     def jobs(self) -> list[EvalConfig]:
         """One EvalConfig per (model, norm, eps, shard); validated up front so a typo fails before any work."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -104,7 +106,15 @@ def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
     dbapi_conn.isolation_level = None  # SQLAlchemy's "begin" event emits BEGIN itself (see _sqlite_begin)
     cur = dbapi_conn.cursor()
     cur.execute(f"PRAGMA busy_timeout={SQLITE_TIMEOUT_S * 1000}")
-    cur.execute("PRAGMA journal_mode=WAL")
+    deadline = time.monotonic() + SQLITE_TIMEOUT_S
+    while True:  # switching to WAL ignores the busy timeout: two processes opening a new store at once wait here
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
     cur.close()
 
 

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Select, Table, func, select
+from sqlalchemy import Connection, Select, Table, func, select, text
 
 from bastion.errors import UnknownNameError
 from bastion.store.connect import StoreError, engine_for, resolve, translated
@@ -119,6 +119,39 @@ class Store:
                 config=json.dumps(config, sort_keys=True), seed=seed,
                 environment=json.dumps(environment, sort_keys=True)))
         return run_id
+
+    def open_run(self, kind: str, key: str, config: dict[str, Any], seed: int | None,
+                 environment: dict[str, Any]) -> str:
+        """The unfinished run of ``key``, or a new one: looked up and created in one transaction, so two identical
+        commands started together share one run (and then split its batches by ``claim``)."""
+        with self._write() as conn:
+            if conn.dialect.name == "postgresql":  # serialize get-or-create per key (SQLite: BEGIN IMMEDIATE does)
+                conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"{kind}/{key}"})
+            row = conn.execute(select(runs.c.id).where(runs.c.kind == kind, runs.c.key == key,
+                                                       runs.c.status != "finished")
+                               .order_by(runs.c.created.desc()).limit(1)).first()
+            if row is not None:
+                conn.execute(runs.update().where(runs.c.id == row[0]).values(status="running"))
+                return str(row[0])
+            run_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+            conn.execute(runs.insert().values(
+                id=run_id, kind=kind, key=key, status="running", created=_now(),
+                config=json.dumps(config, sort_keys=True), seed=seed,
+                environment=json.dumps(environment, sort_keys=True)))
+            return run_id
+
+    def claim(self, run_id: str, name: str, holder: dict[str, Any], *, replacing: Any = None) -> bool:
+        """Take the claim ``name`` of a run for ``holder`` if nobody holds it (or, with ``replacing``, if it is still
+        held by exactly that stale holder); True when this call got it. Atomic on both dialects."""
+        value = json.dumps(holder, sort_keys=True)
+        with self._write() as conn:
+            if replacing is not None:
+                done = conn.execute(artifacts.update().where(
+                    artifacts.c.run_id == run_id, artifacts.c.name == name,
+                    artifacts.c.value == json.dumps(replacing, sort_keys=True)).values(value=value))
+                return done.rowcount == 1
+            stmt = _insert(conn)(artifacts).values(run_id=run_id, name=name, value=value)
+            return conn.execute(stmt.on_conflict_do_nothing(index_elements=["run_id", "name"])).rowcount == 1
 
     def find_unfinished(self, kind: str, key: str) -> str | None:
         return self._latest(kind, key, runs.c.status != "finished")
@@ -245,15 +278,20 @@ def _upsert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
     """Insert rows, replacing those with the same primary key (SQLite's INSERT OR REPLACE, on both dialects)."""
     if not rows:
         return
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    stmt = insert(table)
+    stmt = _insert(conn)(table)
     keys = [c.name for c in table.primary_key.columns]
     update = {c: stmt.excluded[c] for c in rows[0] if c not in keys}
     conn.execute(stmt.on_conflict_do_update(index_elements=keys, set_=update) if update
                  else stmt.on_conflict_do_nothing(index_elements=keys), rows)
+
+
+def _insert(conn: Connection) -> Any:
+    """The dialect's INSERT, which has ON CONFLICT on both SQLite and PostgreSQL."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
 
 
 def _metric_row(run_id: str, row: Mapping[str, Any] | tuple[Any, ...]) -> dict[str, Any]:
