@@ -203,3 +203,24 @@ def test_more_points_than_the_data_has_is_said_and_stored_as_evaluated(digits_ch
     assert "--n 100000 asked for, but the val split has" in out
     run = Store(db).list_runs()[0]
     assert run.config["n"] == run.summary["n"] < 100000  # what was evaluated, not what was asked
+
+
+def test_a_rerun_after_a_kill_in_report_writing_rewrites_the_reports_and_recomputes_nothing(
+        digits_checkpoint: Path, tmp_path: Path) -> None:
+    db = tmp_path / "s.sqlite"
+    args = ["attack", "fgsm", "--model", str(digits_checkpoint), "--eps", "0.1", "--n", "20", "--store", str(db)]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    folder = next((tmp_path / "runs").iterdir())
+    for f in folder.iterdir():  # killed while writing the reports: an empty folder is left
+        f.unlink()
+    import bastion.evaluation.job as job
+
+    calls: list[int] = []
+    real = job._batch
+    job._batch = lambda *a, **k: calls.append(1) or real(*a, **k)  # type: ignore[assignment]
+    try:
+        result = CliRunner().invoke(app, args)
+    finally:
+        job._batch = real
+    assert result.exit_code == 0 and "already finished" in " ".join(result.output.split())
+    assert not calls and (folder / "report.json").exists() and (folder / "report.html").exists()
