@@ -158,7 +158,7 @@ def _setup(model: nn.Module, inputs: Tensor | Iterable[Any], labels: Tensor | No
             f"The evaluation job runs Lp threats so far, not {getattr(threat, 'kind', type(threat).__name__)}; run "
             "other threat kinds batch by batch with bastion.evaluation.runner.run_attack.")
     x, y = _tensors(inputs, labels)
-    outputs = probe_model(model, x.to(_first_device(model)))
+    outputs = probe_model(model, x[:1].to(_first_device(model)))  # one point: no copy of the data set
     num_classes = outputs - 1 if reject_class(model) is not None else outputs  # a detector's extra class
     return Setup(model, Split(x, y), threat, _config(model, x, y, threat, mode, seed, batch_size, name), num_classes)
 
