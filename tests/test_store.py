@@ -202,3 +202,30 @@ def test_diagnostics_say_what_runs_and_a_resumed_run_only_does_what_is_left(digi
         "diagnostics: apgd at eps 0.025 (1/6)", "diagnostics: apgd at eps 0.05 (2/6)",
         "diagnostics: apgd at eps 0.1 (3/6)", "diagnostics: apgd at eps 0.2 (4/6)",
         "diagnostics: fgsm at eps 0.1 (5/6)", "diagnostics: apgd at eps 1 (6/6)"]
+
+
+def test_a_run_stopped_during_the_diagnostics_redoes_only_the_checks_left(digits_checkpoint: Path, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import bastion.evaluation.outcome as outcome
+
+    config = EvalConfig(model=str(digits_checkpoint), n=40, batch_size=20, eps=0.1, suite="fast")
+    reference = evaluate(config, Store(tmp_path / "ref.sqlite"))
+    store = Store(tmp_path / "s.sqlite")
+
+    def kill_at_the_fourth_check(p: Progress) -> None:
+        if p.stage.startswith("diagnostics: ") and "(4/6)" in p.stage:
+            raise Killed
+
+    with pytest.raises(Killed):
+        evaluate(config, store, on_progress=kill_at_the_fourth_check)
+    calls: list[str] = []
+    real = outcome.run_attack
+
+    def counted(*args: object, **kwargs: object) -> object:
+        calls.append(str(args[4]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(outcome, "run_attack", counted)
+    resumed = evaluate(config, store)
+    assert len(calls) == 3  # the three checks that were left; the first three were stored
+    assert resumed.summary["flags"] == reference.summary["flags"]

@@ -87,3 +87,55 @@ def test_eot_probability_average_is_a_valid_logit(digits_mlp) -> None:
     assert torch.allclose(out.softmax(1), model(x[:5]).softmax(1), atol=1e-6)
     with pytest.raises(InvalidInputError):
         eot(model, samples=0)
+
+
+class _RoundsInForward(nn.Module):
+    """Quantized inputs written as an operation inside forward, not as a module: no leaf module blocks the gradient,
+    so module-level BPDA finds nothing (issue 29, case 1)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.round(x * 4) / 4)
+
+
+class _HandWrittenBPDA(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x + (torch.round(x * 4) / 4 - x).detach())
+
+
+def test_the_suite_goes_straight_through_a_step_operation_inside_forward(digits_model: nn.Module,
+                                                                         digits_points) -> None:
+    import bastion
+    from bastion.evaluation.runner import Adaptation, run_attack
+
+    model = _RoundsInForward(digits_model).eval()
+    x, y = digits_points
+    threat = bastion.LpThreat("linf", 0.15)
+    naive = bastion.evaluate(model, x, y, threat, suite="fast", adaptive=False, progress=False)
+    adaptive = bastion.evaluate(model, x, y, threat, suite="fast", progress=False)
+    assert adaptive.summary["adaptation"]["straight_through_ops"] == ["round"]
+    assert "non_differentiable_operations" in {f["name"] for f in adaptive.flags}
+    reference = run_attack(model, x, y, threat, "apgd", adapt=Adaptation(surrogate=_HandWrittenBPDA(digits_model)),
+                           n_iter=100, generator=torch.Generator().manual_seed(0))
+    # the gradient attacks see through the rounding: as strong as BPDA written by hand, far below the naive number
+    assert adaptive.robust_accuracy <= reference.robust_accuracy + 2 / len(y)
+    assert naive.robust_accuracy - adaptive.robust_accuracy > 0.4
+
+
+def test_straight_through_keeps_the_forward_and_leaves_differentiable_models_alone(digits_model: nn.Module) -> None:
+    from bastion.attacks.adaptive import straight_through
+    from bastion.evaluation.adaptive import step_operations
+
+    x = torch.rand(4, 1, 8, 8, requires_grad=True)
+    model = _RoundsInForward(digits_model).eval()
+    assert torch.equal(straight_through(model)(x), model(x))
+    (g,) = torch.autograd.grad(straight_through(model)(x).sum(), x)
+    assert g.abs().sum() > 0
+    assert step_operations(digits_model, x) == []  # a plain CNN has none: its gradients are left as they are

@@ -8,7 +8,11 @@ uses the gradient of a differentiable approximation (the identity for preprocess
 input close: x ~ g(x)). Randomized defenses are attacked with EOT, Expectation over
 Transformation: the gradient of the expected loss over the defense's randomness.
 
-Both return ``nn.Module``s, so every gradient attack runs on them unchanged, e.g.
+Where the non-differentiable step is a torch operation inside a module's ``forward`` (``self.net(torch.round(x))``)
+rather than a module of its own, ``straight_through(model)`` runs the model with every step operation (round,
+floor, ceil, trunc, sign) replaced in the backward pass by the identity, the same BPDA at the operation.
+
+All return ``nn.Module``s, so every gradient attack runs on them unchanged, e.g.
 ``pgd(nn.Sequential(bpda(Quantize()), model), x, y, threat)`` or ``apgd(eot(noisy_model, samples=20), ...)``.
 Neither is a registered attack.
 """
@@ -16,9 +20,11 @@ Neither is a registered attack.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from bastion.errors import InvalidInputError
 
@@ -87,3 +93,42 @@ def bpda(module: nn.Module, approx: nn.Module | None = None) -> nn.Module:
 def eot(model: nn.Module, samples: int = 20, *, average: str = "logits") -> nn.Module:
     """EOT wrapper: the average of ``samples`` forward passes of the randomized ``model``."""
     return EOT(model, samples, average)
+
+
+STEP_OPS = {torch.round, torch.floor, torch.ceil, torch.trunc, torch.sign, torch.Tensor.round, torch.Tensor.floor,
+            torch.Tensor.ceil, torch.Tensor.trunc, torch.Tensor.sign}
+
+
+class StraightThroughOps(TorchFunctionMode):
+    """While active, a step operation applied to a tensor that needs a gradient returns its value with the
+    identity's gradient (``x + (op(x) - x).detach()``); ``seen`` names the operations it replaced."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        x = args[0] if args else None
+        if func in STEP_OPS and isinstance(x, Tensor) and x.requires_grad and isinstance(out, Tensor) \
+                and out.shape == x.shape and torch.is_grad_enabled():
+            self.seen.add(getattr(func, "__name__", str(func)))
+            return x + (out - x).detach()
+        return out
+
+
+class StraightThrough(nn.Module):
+    """``model`` with its step operations straight-through (see ``StraightThroughOps``)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        with StraightThroughOps():
+            return self.model(x)
+
+
+def straight_through(model: nn.Module) -> nn.Module:
+    """BPDA at the step operations inside ``model``'s forward (round, floor, ceil, trunc, sign)."""
+    return StraightThrough(model)

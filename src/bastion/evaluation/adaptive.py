@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
-from bastion.attacks.adaptive import eot
+from bastion.attacks.adaptive import StraightThroughOps, eot, straight_through
 from bastion.defenses.inference.detectors import detector_aware_surrogate
 from bastion.evaluation.diagnostics import (
     Flag,
@@ -45,19 +46,40 @@ def probe(model: nn.Module, x: Tensor, y: Tensor, threat: LpThreat, *, eot_sampl
                       "not checked module by module: a TorchScript model takes no forward hooks (the whole-model "
                       "gradient checks above still ran)", {"modules": nondiff, "checked": checked}))
     fired = {f.name for f in flags if f.fired}
+    ops = step_operations(model, x) if fired & GRADIENT_BREAKS and not nondiff else []
+    if ops:
+        flags.append(Flag("non_differentiable_operations", True,
+                          f"step operations inside the forward pass block the input's gradient: {ops}; attacks go "
+                          "straight through them (BPDA at the operation)", {"operations": ops}))
     plan = {
         "eot_samples": eot_samples if "randomness" in fired else None,
         "bpda_modules": nondiff,
+        **({"straight_through_ops": ops} if ops else {}),  # absent otherwise: plans of other models are unchanged
         "log_probabilities": "probability_outputs" in fired,
         "detector_aware": detector_aware_surrogate(model) is not None,
     }
     return plan, flags
 
 
+GRADIENT_BREAKS = {"shattered_gradients", "vanishing_gradients", "detached_gradients"}
+
+
+def step_operations(model: nn.Module, x: Tensor) -> list[str]:
+    """The step operations (round, floor, ceil, trunc, sign) the model applies to something that depends on its input:
+    where no module blocks the gradient, these are where it breaks."""
+    mode = StraightThroughOps()
+    with mode, torch.enable_grad():
+        model(x.detach().clone().requires_grad_(True))
+    return sorted(mode.seen)
+
+
 def plan_notes(plan: dict[str, Any]) -> list[str]:
     notes = []
     if plan.get("bpda_modules"):
         notes.append(f"BPDA (identity backward) through {plan['bpda_modules']}: they block gradients")
+    if plan.get("straight_through_ops"):
+        notes.append(f"BPDA at the operations {plan['straight_through_ops']} inside the forward pass (identity "
+                     "backward): they block gradients")
     if plan.get("eot_samples"):
         notes.append(f"EOT over {plan['eot_samples']} draws per gradient: the model is randomized")
     if plan.get("log_probabilities"):
@@ -72,6 +94,8 @@ def build_adaptation(model: nn.Module, plan: dict[str, Any]) -> Adaptation:
     surrogate: nn.Module | None = None
     if plan.get("bpda_modules"):
         surrogate = with_bpda(model, list(plan["bpda_modules"]))
+    if plan.get("straight_through_ops"):
+        surrogate = straight_through(surrogate or model)
     if plan.get("log_probabilities"):
         surrogate = LogOfProbabilities(surrogate or model)
     samples = plan.get("eot_samples")

@@ -286,7 +286,14 @@ def _execute(setup: Setup, store: Store, run_id: str, on_progress: Callable[[Pro
             if on_progress:
                 on_progress(Progress(finished, n, broken, stage=f"diagnostics: {what}"))
 
-        flags = outcome_checks(_on(setup, dev), build_adaptation(setup.model, plan), cfg, PROBE_POINTS, check)
+        def memo(name: str, compute: Callable[[], list[bool]]) -> list[bool]:
+            stored = store.get_artifact(run_id, name)
+            if stored is None:
+                stored = compute()
+                store.put_artifact(run_id, name, stored)
+            return list(stored)
+
+        flags = outcome_checks(_on(setup, dev), build_adaptation(setup.model, plan), cfg, PROBE_POINTS, check, memo)
         store.put_artifact(run_id, "outcome_flags", [f.to_dict() for f in flags])
     summary = summarize(store, run_id, cfg, setup.num_classes)
     if hasattr(setup.model, "sent"):

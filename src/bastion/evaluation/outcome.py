@@ -21,10 +21,14 @@ if TYPE_CHECKING:
 EPS_MULTIPLES = (0.25, 0.5, 1.0, 2.0)
 
 
+Memo = Callable[[str, Callable[[], list[bool]]], list[bool]]  # (name, compute) -> the stored or computed result
+
+
 def outcome_checks(setup: Setup, adapt: Adaptation, config: EvalConfig, points: int,
-                   on_check: Callable[[str], None] | None = None) -> list[Flag]:
+                   on_check: Callable[[str], None] | None = None, memo: Memo | None = None) -> list[Flag]:
     """The checks that need attacks, on the first ``points`` points; ``on_check`` hears which attack runs next (the
-    six runs can take minutes on a randomized model, where every gradient is an EOT average)."""
+    six runs can take minutes on a randomized model, where every gradient is an EOT average); ``memo`` keeps each
+    run's result (the job stores them, so a run stopped during the checks does not redo the finished ones)."""
     x, y = setup.points.x[:points], setup.points.y[:points]
     threat = setup.threat
     iters = 50 if config.suite == "fast" else 100
@@ -33,9 +37,15 @@ def outcome_checks(setup: Setup, adapt: Adaptation, config: EvalConfig, points: 
     def robust(eps: float, attack: str = "apgd", **params: object) -> torch.Tensor:
         if on_check:
             on_check(f"{attack} at eps {eps:.4g} ({next(runs)}/{5 + (threat.norm in ('linf', 'l2'))})")
-        t = LpThreat(threat.norm, eps, lower=threat.lower, upper=threat.upper, mask=threat.mask)
-        return run_attack(setup.model, x, y, t, attack, adapt=adapt,
-                          generator=torch.Generator(device=x.device).manual_seed(config.seed), **params).robust
+
+        def compute() -> list[bool]:
+            t = LpThreat(threat.norm, eps, lower=threat.lower, upper=threat.upper, mask=threat.mask)
+            return run_attack(setup.model, x, y, t, attack, adapt=adapt,
+                              generator=torch.Generator(device=x.device).manual_seed(config.seed),
+                              **params).robust.tolist()
+
+        name = f"outcome/{attack}/eps={eps!r}/{sorted(params.items())}"
+        return torch.tensor(memo(name, compute) if memo is not None else compute(), dtype=torch.bool)
 
     base = float(threat.eps) if not isinstance(threat.eps, torch.Tensor) else float(threat.eps.max())
     curve = [robust(m * base, n_iter=iters) for m in EPS_MULTIPLES]
