@@ -53,7 +53,7 @@ def test_two_identical_commands_split_the_batches(digits_checkpoint: Path, tmp_p
 
 
 def test_a_claim_left_by_a_dead_process_is_taken_over(digits_checkpoint: Path, tmp_path: Path) -> None:
-    from bastion.evaluation.job import prepare
+    from bastion.evaluation.resolve import prepare
 
     store = Store(tmp_path / "s.sqlite")
     config = _config(digits_checkpoint)

@@ -53,7 +53,8 @@ from bastion.certification import crown, ibp, lipschitz, smoothing
 from bastion.certification.config import CertifyConfig
 from bastion.data import load_dataset
 from bastion.data.base import Split
-from bastion.evaluation.job import environment, resolve_device
+from bastion.evaluation.job import environment
+from bastion.evaluation.resolve import resolve_device
 from bastion.evaluation.runner import run_attack
 from bastion.evaluation.setup import check_fits
 from bastion.store import Store

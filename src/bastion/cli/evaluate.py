@@ -11,7 +11,8 @@ from bastion.cli.common import STORE, console, err, friendly, parse_number, pars
 
 def _run_evaluation(config: Any, store_path: str | None, fresh: bool, device: str) -> None:
     from bastion.api import run_setup
-    from bastion.evaluation.job import default_report_dir, prepare, resolve_device
+    from bastion.evaluation.job import default_report_dir
+    from bastion.evaluation.resolve import prepare, resolve_device
     from bastion.store import Store
 
     resolve_device(device)  # a device that is not there is said before anything is loaded

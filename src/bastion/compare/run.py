@@ -153,7 +153,7 @@ def measure_job(payload: dict[str, Any]) -> dict[str, Any]:
         store = Store(Path(tmp) / "job.sqlite")
         if payload["kind"] == "evaluate":  # names resolved here, then the API runs it
             from bastion.api import run_setup
-            from bastion.evaluation.job import prepare
+            from bastion.evaluation.resolve import prepare
 
             run_id = run_setup(prepare(EvalConfig(**payload["config"])), store=store, progress=False,
                                device="cpu").run_id

@@ -26,7 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from bastion.errors import InvalidInputError, config_errors
 from bastion.evaluation.config import EvalConfig
-from bastion.evaluation.job import KIND, prepare
+from bastion.evaluation.job import KIND
+from bastion.evaluation.resolve import prepare
 from bastion.store import Store
 from bastion.yamlfile import read_yaml_mapping
 
