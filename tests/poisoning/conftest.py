@@ -1,0 +1,57 @@
+"""Small MNIST pieces and a quick training recipe shared by the poisoning tests (about 2 s per model)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from bastion.data import load_dataset
+from bastion.data.base import DatasetSpec, Split
+from bastion.poisoning.base import AttackerView, DefenderView, PoisonedSet
+from bastion.poisoning.recipe import Recipe
+
+
+@dataclass(frozen=True)
+class Mnist:
+    spec: DatasetSpec
+    train: Split  # 6,000 points
+    val: Split  # 500 clean points: the defender's
+    test: Split  # 2,000 points
+
+
+@pytest.fixture(scope="session")
+def mnist() -> Mnist:
+    d = load_dataset("mnist")
+    return Mnist(d.spec, Split(d.train.x[:6000], d.train.y[:6000]), Split(d.val.x[:500], d.val.y[:500]),
+                 Split(d.test.x[:2000], d.test.y[:2000]))
+
+
+@pytest.fixture(scope="session")
+def recipe() -> Recipe:
+    return Recipe(epochs=2)
+
+
+@pytest.fixture(scope="session")
+def clean_model(mnist: Mnist, recipe: Recipe) -> torch.nn.Module:
+    return recipe.fit(mnist.train, mnist.val, mnist.spec)
+
+
+@pytest.fixture
+def attacker(mnist: Mnist, clean_model: torch.nn.Module) -> Callable[..., AttackerView]:
+    def make(rate: float = 0.05, target: int = 0, seed: int = 0) -> AttackerView:
+        return AttackerView(mnist.train, mnist.test, mnist.spec, rate, target, torch.Generator().manual_seed(seed),
+                            lambda: clean_model)
+    return make
+
+
+@pytest.fixture
+def defender(mnist: Mnist, recipe: Recipe) -> Callable[..., DefenderView]:
+    def make(poisoned: PoisonedSet, model: torch.nn.Module | None = None, seed: int = 0) -> DefenderView:
+        if model is None:
+            model = recipe.fit(poisoned.train, mnist.val, mnist.spec)
+        return DefenderView(poisoned.train, mnist.val, mnist.spec, model, recipe.fitter(mnist.val, mnist.spec),
+                            torch.Generator().manual_seed(seed))
+    return make
