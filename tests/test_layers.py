@@ -32,9 +32,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                     "bastion.evaluation.outcome", "bastion.certification.train")),
     ("store", ("bastion.store", "bastion.evaluation.store", "bastion.evaluation.claims")),
     ("runs", ("bastion.evaluation", "bastion.evaluation.job", "bastion.evaluation.summary", "bastion.evaluation.report",
-              "bastion.evaluation.plots", "bastion.certification", "bastion.compare.deployable")),
+              "bastion.evaluation.plots", "bastion.certification", "bastion.compare.deployable",
+              "bastion.poisoning.table")),
     ("api", ("bastion.api", "bastion.report")),
-    ("jobs", ("bastion.evaluation.sweep", "bastion.compare")),
+    ("jobs", ("bastion.evaluation.sweep", "bastion.compare", "bastion.poisoning.matrix", "bastion.poisoning.api")),
     ("cli", ("bastion.cli", "bastion.__main__")),
 ]
 RANK = {name: i for i, (name, _) in enumerate(LAYERS)}

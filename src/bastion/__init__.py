@@ -24,7 +24,11 @@ def __getattr__(name: str) -> Any:
         from bastion import api
 
         return getattr(api, name)
+    if name == "poison":
+        from bastion.poisoning.api import poison
+
+        return poison
     raise AttributeError(f"module 'bastion' has no attribute {name!r}")
 
 
-__all__ = ["BastionError", "LpThreat", "Report", "__version__", "attack", "certify", "evaluate"]
+__all__ = ["BastionError", "LpThreat", "Report", "__version__", "attack", "certify", "evaluate", "poison"]

@@ -181,11 +181,11 @@ def run_compare(
 ) -> CompareResult:
     """Build every defense and run every measurement not yet finished in ``store``; record the comparison."""
     from bastion.compare.table import summarize
-    from bastion.evaluation.sweep import dask_client
+    from bastion.evaluation.sweep import LazyClient, dask_client
 
     workdir = Path(workdir) / config.name
     result = CompareResult("")
-    with _LazyClient(scheduler, workers, dask_client) as client:
+    with LazyClient(scheduler, workers, dask_client) as client:
         _build_all(config, store, workdir, client, result, on_event)
         _measure_all(config, store, workdir, client, result, on_event)
     key = spec_hash(config, sorted(result.builds.items()), [r for _, r in result.measurements])
@@ -203,29 +203,7 @@ def _env() -> dict[str, Any]:
     return environment()
 
 
-class _LazyClient:
-    """Starts the Dask client on first use only, so a fully reused comparison starts no cluster."""
-
-    def __init__(self, scheduler: str | None, workers: int, factory: Callable[..., Any]) -> None:
-        self.scheduler, self.workers, self.factory = scheduler, workers, factory
-        self._cm: Any = None
-        self._client: Any = None
-
-    def __enter__(self) -> _LazyClient:
-        return self
-
-    def get(self) -> Any:
-        if self._cm is None:
-            self._cm = self.factory(self.scheduler, self.workers)
-            self._client = self._cm.__enter__()
-        return self._client
-
-    def __exit__(self, *exc: object) -> None:
-        if self._cm is not None:
-            self._cm.__exit__(*exc)
-
-
-def _build_all(config: CompareConfig, store: Store, workdir: Path, client: _LazyClient, result: CompareResult,
+def _build_all(config: CompareConfig, store: Store, workdir: Path, client: Any, result: CompareResult,
                on_event: Callable[[Event], None] | None) -> None:
     from bastion.evaluation.sweep import execute
 
@@ -255,7 +233,7 @@ def _build_all(config: CompareConfig, store: Store, workdir: Path, client: _Lazy
                 on_event(Event("build", name, run_id, False, done, total))
 
 
-def _measure_all(config: CompareConfig, store: Store, workdir: Path, client: _LazyClient, result: CompareResult,
+def _measure_all(config: CompareConfig, store: Store, workdir: Path, client: Any, result: CompareResult,
                  on_event: Callable[[Event], None] | None) -> None:
     from bastion.evaluation.sweep import execute
 

@@ -168,6 +168,28 @@ def dask_client(scheduler: str | None, workers: int) -> Iterator[Any]:
             cluster.close()
 
 
+class LazyClient:
+    """Starts the Dask client on first use only, so a fully reused comparison starts no cluster."""
+
+    def __init__(self, scheduler: str | None, workers: int, factory: Callable[..., Any]) -> None:
+        self.scheduler, self.workers, self.factory = scheduler, workers, factory
+        self._cm: Any = None
+        self._client: Any = None
+
+    def __enter__(self) -> LazyClient:
+        return self
+
+    def get(self) -> Any:
+        if self._cm is None:
+            self._cm = self.factory(self.scheduler, self.workers)
+            self._client = self._cm.__enter__()
+        return self._client
+
+    def __exit__(self, *exc: object) -> None:
+        if self._cm is not None:
+            self._cm.__exit__(*exc)
+
+
 def execute(fn: Callable[[Any], Any], payloads: list[Any], client: Any) -> Iterator[tuple[Any, Any]]:
     """Run ``fn(payload)`` for every payload on ``client`` (None: in this process, one after another);
     yield ``(payload, result)`` as each finishes."""

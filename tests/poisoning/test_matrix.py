@@ -1,0 +1,103 @@
+"""The poisoning matrix: stored, reported, resumable after a kill with nothing recomputed, and its bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import bastion
+from bastion.errors import BastionError
+from bastion.poisoning.config import load_poison, parse_poison
+from bastion.poisoning.matrix import CELL_KIND, Event, run_matrix
+from bastion.store import Store
+
+SMALL = {"name": "small", "dataset": "mnist", "train_size": 3000, "val_size": 300, "test_size": 1000,
+         "recipe": {"epochs": 1}, "attacks": [{"name": "none"}, {"name": "badnets", "rate": 0.05}],
+         "defenses": [{"name": "none"}]}
+
+
+def test_matrix_measures_stores_and_reports(tmp_path: Path) -> None:
+    report = bastion.poison(SMALL, store=tmp_path / "s.sqlite", workdir=tmp_path / "w", report_dir=tmp_path / "r")
+    bad = report.cell("badnets")
+    assert bad["attack_success_rate"] > 0.5 > bad["clean_model_attack_success_rate"]
+    assert report.cell("none")["attack_success_rate"] is None and report.cell("none")["clean_accuracy"] > 0.5
+    assert {p.name for p in (tmp_path / "r").iterdir()} >= {"poison.html", "poison.md", "poison.json",
+                                                            "heatmap.png", "examples.png"}
+    with Store(tmp_path / "s.sqlite") as st:
+        assert st.get_run(report.run_id).kind == "poison"
+        names = {m["name"] for m in st.metrics(bad["run_id"])}
+        assert {"clean_accuracy", "attack_success_rate"} <= names
+    again = bastion.poison(SMALL, store=tmp_path / "s.sqlite", workdir=tmp_path / "w")
+    assert again.run_id == report.run_id  # everything reused
+
+
+def test_poisoned_model_is_an_ordinary_bastion_model(tmp_path: Path) -> None:
+    """The poisoned model runs through the evasion suite unchanged (issue 21, item 5)."""
+    from bastion.poisoning.matrix import build_dir, data_of, load_model
+
+    cfg = parse_poison(SMALL)
+    bastion.poison(cfg, store=tmp_path / "s.sqlite", workdir=tmp_path / "w")
+    model = load_model(build_dir(cfg, cfg.attack("badnets"), tmp_path / "w" / cfg.name) / "model")
+    test = data_of(cfg).test
+    rep = bastion.attack(model, test.x[:20], test.y[:20], bastion.LpThreat("linf", 0.1), "fgsm",
+                         progress=False)
+    assert rep.robust_accuracy <= rep.clean_accuracy
+
+
+def _cells_done(store_path: Path) -> int:
+    if not store_path.exists():
+        return 0
+    with Store(store_path) as st:
+        return sum(r.kind == CELL_KIND and r.status == "finished" for r in st.list_runs(200))
+
+
+def test_matrix_resumes_after_a_kill_with_nothing_recomputed(tmp_path: Path) -> None:
+    extra = {"name": "badnets", "label": "badnets-10", "rate": 0.1}
+    cfg = dict(SMALL, name="killed", attacks=[*SMALL["attacks"], extra])
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(cfg))
+    store = tmp_path / "s.sqlite"
+    cmd = [sys.executable, "-m", "bastion", "poison", "run", str(tmp_path / "m.yaml"), "--scheduler", "sync",
+           "--store", str(store), "--workdir", str(tmp_path / "w")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while _cells_done(store) < 1 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = _cells_done(store)
+    assert done_before >= 1, "the matrix never finished a cell before the kill"
+    events: list[Event] = []
+    with Store(store) as st:
+        run_matrix(load_poison(tmp_path / "m.yaml"), st, tmp_path / "w", scheduler="sync", on_event=events.append)
+    builds = [e for e in events if e.phase == "build"]
+    cells = [e for e in events if e.phase == "cell"]
+    assert all(e.skipped for e in builds), "a finished build was recomputed"
+    assert sum(e.skipped for e in cells) == done_before and len(cells) == 3
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"rate": 0.0}, "outside (0, 1]"),
+    ({"rate": 1.5}, "outside (0, 1]"),
+    ({"target": 12}, "target class 12 is out of range"),
+    ({"attacks": [{"name": "badnets", "params": {"size": 99}}]}, "does not fit"),
+    ({"attacks": [{"name": "badnets", "params": {"colour": 1}}]}, "has no parameter 'colour'"),
+    ({"attacks": [{"name": "badnetz"}]}, "Did you mean 'badnets'"),
+])
+def test_bad_matrix_input_is_one_clear_line(tmp_path: Path, change: dict, message: str) -> None:
+    with pytest.raises(BastionError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
+        bastion.poison(dict(SMALL, **change), store=tmp_path / "s.sqlite", workdir=tmp_path / "w")
+    assert "\n" not in str(info.value)
+
+
+def test_presets_load() -> None:
+    for name in ("mnist", "fashion-mnist"):
+        for quick in (False, True):
+            cfg = load_poison(name, quick=quick)
+            assert cfg.attacks and cfg.defenses
