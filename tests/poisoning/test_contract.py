@@ -53,7 +53,7 @@ def test_defense_receives_only_the_defenders_view(name: str) -> None:
     for p in params[1:]:
         assert p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty
         assert not isinstance(p.default, torch.Tensor | PoisonedSet), f"{name}.{p.name} smuggles data in"
-        assert "test" not in p.name and "poison" not in p.name, f"{name}.{p.name}: a defense never gets test data"
+        assert "test" not in p.name, f"{name}.{p.name}: a defense never gets test data"
 
 
 @pytest.mark.parametrize("name", DEFENSES)
@@ -73,3 +73,32 @@ def test_defense_follows_the_protocol(name: str, attacker, defender, mnist, reci
     if spec.stage == "filter":
         assert result.reject is not None
         assert result.reject(mnist.test.x[:10]).shape == (10,)
+
+
+@pytest.mark.parametrize("name", DEFENSES)
+def test_defense_never_loads_data_itself(name: str, attacker, defender, monkeypatch) -> None:
+    """Only the view reaches a defense: loading any registered data set (and so the test split) during it fails."""
+    from bastion.data import base
+    from bastion.poisoning.attacks.badnets import badnets
+
+    spec = POISON_DEFENSES.get(name)
+    poisoned = badnets(attacker(rate=0.05, target=0))
+    view = defender(poisoned)
+    if spec.stage == "train":
+        view = dataclasses.replace(view, model=None)
+
+    def refuse(*_a, **_k):
+        raise AssertionError(f"defense {name} loaded a data set itself")
+
+    monkeypatch.setattr(base.DATASETS, "get", refuse)
+    spec.fn(view)
+
+
+def test_a_defense_cannot_declare_a_test_data_parameter() -> None:
+    from bastion.poisoning import register_poison_defense
+
+    with pytest.raises(ValueError, match="test data"):
+        @register_poison_defense("peeking", stage="detect", paper="none")
+        def peeking(view: DefenderView, *, test_fraction: float = 0.1) -> DefenseResult:
+            raise AssertionError("never called")
+    assert "peeking" not in POISON_DEFENSES

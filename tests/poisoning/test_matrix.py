@@ -89,6 +89,7 @@ def test_matrix_resumes_after_a_kill_with_nothing_recomputed(tmp_path: Path) -> 
     ({"attacks": [{"name": "badnets", "params": {"size": 99}}]}, "does not fit"),
     ({"attacks": [{"name": "badnets", "params": {"colour": 1}}]}, "has no parameter 'colour'"),
     ({"attacks": [{"name": "badnetz"}]}, "Did you mean 'badnets'"),
+    ({"defenses": [{"name": "none", "params": {"tune_on": "test"}}]}, "asks for test data"),
 ])
 def test_bad_matrix_input_is_one_clear_line(tmp_path: Path, change: dict, message: str) -> None:
     with pytest.raises(BastionError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:

@@ -152,8 +152,18 @@ def register_poison_attack(name: str, *, kind: AttackKind, paper: str) -> Callab
 
 
 def register_poison_defense(name: str, *, stage: DefenseStage, paper: str) -> Callable[[Callable], Callable]:
-    """Register ``fn(view: DefenderView, *, param=default, ...) -> DefenseResult``."""
-    return POISON_DEFENSES.decorator(name, lambda fn: PoisonDefenseSpec(name, fn, stage, paper, _defaults(fn)))
+    """Register ``fn(view: DefenderView, *, param=default, ...) -> DefenseResult``. A parameter that asks for test
+    data is refused: a defense is tuned with the defender's view only."""
+
+    def check(fn: Callable[..., DefenseResult]) -> Callable[..., DefenseResult]:
+        bad = [p for p in _defaults(fn) if "test" in p.lower()]
+        if bad:
+            raise ValueError(f"defense {name!r}: parameter {bad[0]!r} would hand it test data; a defense sees only "
+                             "the DefenderView")
+        return fn
+
+    wrap = POISON_DEFENSES.decorator(name, lambda fn: PoisonDefenseSpec(name, fn, stage, paper, _defaults(fn)))
+    return lambda fn: wrap(check(fn))
 
 
 def check_params(kind: str, name: str, given: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:

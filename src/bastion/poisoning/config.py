@@ -50,6 +50,15 @@ class DefenseEntry(BaseModel):
     label: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _no_test_data(self) -> DefenseEntry:
+        asks = [k for k, v in self.params.items() if "test" in k.lower() or (isinstance(v, str) and v.lower() in
+                                                                             ("test", "test-set", "test_set"))]
+        if asks:
+            raise ValueError(f"defense {self.key!r}: {asks[0]!r} asks for test data, which a defender never has; "
+                             "defenses are tuned on the clean validation set only (set its size with val_size)")
+        return self
+
     @property
     def key(self) -> str:
         return self.label or self.name
