@@ -77,6 +77,17 @@ def _yaml_file(command: str, content: bytes | dict) -> Callable[[Path, Path], li
     return build
 
 
+POISON = {"name": "p", "dataset": "digits", "train_size": 64, "val_size": 16, "test_size": 16, "recipe": {"epochs": 1}}
+
+
+def _poison_yaml(change: dict) -> Callable[[Path, Path], list[str]]:
+    def build(tmp: Path, ckpt: Path) -> list[str]:
+        return ["poison", "run", *_yaml_file("", POISON | change)(tmp, ckpt)[1:], "--scheduler", "sync", "--store",
+                str(tmp / "s.sqlite"), "--workdir", str(tmp / "w")]
+
+    return build
+
+
 def _home_is_a_file(tmp: Path, ckpt: Path) -> list[str]:
     (tmp / "home").write_text("not a folder")
     return ["runs", "list", "--env-home", str(tmp / "home")]
@@ -136,6 +147,15 @@ CASES: list[tuple[str, Callable[[Path, Path], list[str]], str]] = [
                                                          "defenses": [{"name": "a", "method": "standard"}]}),
      "eval.n"),
     ("compare that is binary", _yaml_file("compare", b"\xff\xfe\x00binary\x00"), "is not a text YAML file"),
+    # poisoning (issue 21): each refused before anything is trained
+    ("poison rate outside (0, 1]", _poison_yaml({"attacks": [{"name": "badnets", "rate": 1.5}]}),
+     "poison rate 1.5 is outside (0, 1]"),
+    ("poison trigger larger than the image", _poison_yaml({"attacks": [{"name": "badnets", "params": {"size": 9}}]}),
+     "does not fit the 8x8 image"),
+    ("poison target class out of range", _poison_yaml({"target": 10, "attacks": [{"name": "badnets"}]}),
+     "target class 10 is out of range"),
+    ("poison defense asked for test data", _poison_yaml({"attacks": [{"name": "badnets"}], "defenses": [
+        {"name": "none", "params": {"tune_on": "test"}}]}), "asks for test data"),
     # the store and its home
     ("damaged store", _damaged_store, "is damaged ("),
     ("store path inside a file", _args("runs", "list", "--store", "{tmp}/file.txt/s.sqlite"), "cannot be created"),
