@@ -43,6 +43,14 @@ def test_poisons_pull_the_victims_towards_the_intended_class(attacker, mnist, re
     assert float((after - before).mean()) > 0.55
 
 
+def test_augmented_brew_is_reproducible_and_in_budget(attacker, mnist) -> None:
+    a = witches_brew(attacker(rate=0.002, target=0, seed=2), steps=8, restarts=2, augment=True)
+    b = witches_brew(attacker(rate=0.002, target=0, seed=2), steps=8, restarts=2, augment=True)
+    assert torch.equal(a.train.x, b.train.x) and torch.equal(a.victims.x, b.victims.x)
+    assert (a.train.x - mnist.train.x).abs().max() <= 16 / 255 + 1e-6
+    assert a.info["alignment_loss"] < a.info["alignment_start"]
+
+
 @pytest.mark.parametrize("kwargs", [{"eps": 0.0}, {"eps": 1.5}, {"steps": 0}, {"restarts": 0}, {"lr": 0.0},
                                     {"n_victims": 0}, {"victim_class": 0}, {"victim_class": -2}])
 def test_bad_parameters_are_one_clear_error(attacker, kwargs) -> None:
