@@ -598,17 +598,19 @@ def row_detection(ctx: Ctx, badnets: dict[str, Any]) -> dict[str, Any]:
             row["art_score_check"] = {"logits": art_spectral_auc(model, x_np, y_oh.argmax(1), truth),
                                       "penultimate": art_spectral_auc(penult, x_np, y_oh.argmax(1), truth)}
             log(f"    ART's spectral scores, ROC AUC: {row['art_score_check']}")
-        else:
+        elif not make:
             row["art_relative_size_threshold"] = threshold
             row["art_native_analyses"] = {"penultimate": ac_art_native(penult, x_np, y_oh, params, truth)}
             log(f"    ART's own analyses: {row['art_native_analyses']}")
+        row["bastion_info"] = {k: v for k, v in res.info.items()
+                               if k in ("relative_size", "silhouette", "poisoned_classes", "removed_per_class")}
         row["bastion"] = {**detection(res.scores, res.flagged, truth), "flagged": int(res.flagged.sum())
                           if res.flagged is not None else None, "seconds": t["bastion"]["times"],
                           "seconds_median": t["bastion"]["seconds_median"]}
-        for key, label in (("art", "art (logits, ART's layer)"), ("art_penultimate", "art (penultimate)")):
-            flagged = torch.from_numpy(t[label]["value"])
+        for key, side in (("art", "art (logits, ART's layer)"), ("art_penultimate", "art (penultimate)")):
+            flagged = torch.from_numpy(t[side]["value"])
             row[key] = {**detection(None, flagged, truth), "flagged": int(flagged.sum()),
-                        "seconds": t[label]["times"], "seconds_median": t[label]["seconds_median"]}
+                        "seconds": t[side]["times"], "seconds_median": t[side]["seconds_median"]}
         for key in ("bastion", "art", "art_penultimate"):
             r = row[key]
             log(f"    {key:<16} TPR {fmt(r['tpr'])} FPR {fmt(r['fpr'])} flagged {r['flagged']} "
