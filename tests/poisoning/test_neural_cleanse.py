@@ -1,0 +1,64 @@
+"""Neural Cleanse on BadNets (5%, target 0) on the MNIST fixture, and on the clean model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bastion.errors import InvalidInputError
+from bastion.poisoning.attacks.badnets import badnets
+from bastion.poisoning.base import AttackerView, DefenderView
+from bastion.poisoning.defenses.neural_cleanse import anomaly_index, neural_cleanse
+from bastion.poisoning.metrics import accuracy, attack_success_rate
+
+
+@pytest.fixture(scope="module")
+def case(mnist, recipe, clean_model):
+    poisoned = badnets(AttackerView(mnist.train, mnist.test, mnist.spec, 0.05, 0, torch.Generator().manual_seed(0),
+                                    lambda: clean_model))
+    model = recipe.fit(poisoned.train, mnist.val, mnist.spec)
+
+    def view(m: torch.nn.Module, seed: int = 0) -> DefenderView:
+        return DefenderView(poisoned.train, mnist.val, mnist.spec, m, recipe.fitter(mnist.val, mnist.spec),
+                            torch.Generator().manual_seed(seed))
+    return poisoned, model, view
+
+
+def test_flags_the_target_and_unlearns_the_backdoor(case, mnist) -> None:
+    poisoned, model, view = case
+    result = neural_cleanse(view(model))
+    # measured (seeds 0, 1): target mask L1 11-12 vs 40-74 for the others, anomaly index 2.30/2.32, flagged [0];
+    # ASR 0.98 -> 0.03, test accuracy 0.89 -> 0.91/0.92
+    assert result.info["flagged_classes"] == [0]
+    assert min(result.info["norms"]) == result.info["norms"][0]
+    attacked = poisoned.attack_test(mnist.test)
+    asr, fixed_asr = attack_success_rate(model, attacked), attack_success_rate(result.model, attacked)
+    assert asr is not None and fixed_asr is not None and asr > 0.9 and fixed_asr < 0.2
+    assert accuracy(result.model, mnist.test) > accuracy(model, mnist.test) - 0.03
+
+
+@pytest.mark.xfail(strict=False, reason="not reliable at the CPU-scaled defaults: on the clean model seed 0 flags "
+                   "nothing (max index 1.38) but seed 1 flags classes 2, 3, 5 (indices 2.6-3.3; the clean norms "
+                   "fall into two clusters, which shrinks the MAD); see the report")
+@pytest.mark.parametrize("seed", [0, 1])
+def test_flags_nothing_on_the_clean_model(case, clean_model, mnist, seed) -> None:
+    _poisoned, _model, view = case
+    result = neural_cleanse(view(clean_model, seed))
+    assert result.info["flagged_classes"] == [] and "note" in result.info
+    x = mnist.val.x[:2]
+    assert torch.equal(result.model(x), clean_model(x)), "unflagged: the model is returned unchanged"
+
+
+def test_anomaly_index_uses_the_consistency_constant() -> None:
+    norms = torch.tensor([1.0, 10.0, 11.0, 12.0, 9.0, 10.0])
+    mad = 1.4826 * float((norms - 10.0).abs().median())
+    assert torch.allclose(anomaly_index(norms), (norms - 10.0).abs() / mad)
+
+
+@pytest.mark.parametrize("kwargs", [{"epochs": 0}, {"images": 0}, {"lr": 0.0}, {"init_cost": -1.0},
+                                    {"cost_multiplier": 1.0}, {"patience": 0}, {"success": 1.5},
+                                    {"threshold": 0.0}, {"unlearn_ratio": 0.0}, {"unlearn_epochs": -1}])
+def test_bad_parameters_are_one_clear_error(case, kwargs) -> None:
+    _poisoned, model, view = case
+    with pytest.raises(InvalidInputError):
+        neural_cleanse(view(model), **kwargs)
