@@ -590,7 +590,7 @@ def row_detection(ctx: Ctx, badnets: dict[str, Any]) -> dict[str, Any]:
         t = alternate({"bastion": lambda spec=spec, given=given: spec.fn(defender(ctx, poisoned, model, False),
                                                                          **given),
                        "art (logits, ART's layer)": art_fn(model), "art (penultimate)": art_fn(penult)},
-                      ctx.args.reps if make else ctx.args.reps_heavy)
+                      ctx.args.reps_detect if make else ctx.args.reps_heavy)
         res = t["bastion"]["value"]
         row: dict[str, Any] = {"status": "run", "art_params": params,
                                "bastion_params": {**spec.defaults, **given}, "bastion_retraining": "skipped"}
@@ -719,6 +719,8 @@ def row_neural_cleanse(ctx: Ctx, badnets: dict[str, Any]) -> dict[str, Any]:
                       "clean_accuracy": accuracy(res.model, ctx.test, res.reject),
                       "asr": attack_success_rate(res.model, attacked, res.reject),
                       "info": {k: v for k, v in res.info.items() if isinstance(v, (int, float, str, bool, list))}}
+    attacked_clean = attack_success_rate(badnets["_model"], attacked)
+    row["bastion"]["asr_before"] = attacked_clean
     log(f"    bastion: {row['bastion']}")
     return row
 
@@ -797,8 +799,8 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=2_000)
     ap.add_argument("--target", type=int, default=0)
     ap.add_argument("--rate", type=float, default=0.05, help="BadNets poison rate (the matrix preset's)")
-    ap.add_argument("--fc-rate", type=float, default=0.01, help="100 poisons: 50 per victim, the paper's count")
-    ap.add_argument("--fc-victims", type=int, default=2)
+    ap.add_argument("--fc-rate", type=float, default=0.005, help="50 poisons for one victim, the paper's count")
+    ap.add_argument("--fc-victims", type=int, default=1)
     ap.add_argument("--lc-rate", type=float, default=0.03)
     ap.add_argument("--lc-eps", type=float, default=0.3)
     ap.add_argument("--wb-rate", type=float, default=0.01)
@@ -808,8 +810,10 @@ def main() -> None:
                     help="a second spectral-signatures setting: eps near the target class's poisoned fraction "
                          "(ART's default expected_pp_poison); 0 to skip")
     ap.add_argument("--strip-points", type=int, default=300)
-    ap.add_argument("--reps", type=int, default=3, help="repetitions of the cheap steps (BadNets, detectors)")
-    ap.add_argument("--reps-heavy", type=int, default=1, help="repetitions of the optimising attacks and STRIP")
+    ap.add_argument("--reps", type=int, default=5, help="repetitions of the BadNets poisoning step")
+    ap.add_argument("--reps-detect", type=int, default=3, help="repetitions of spectral signatures")
+    ap.add_argument("--reps-heavy", type=int, default=1,
+                    help="repetitions of the optimising attacks, activation clustering and STRIP")
     ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {', '.join(ROWS)}")
     ap.add_argument("--out", type=Path, default=RESULTS / "poison_art.json")
     args = ap.parse_args()
