@@ -7,11 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-import torch
+from badnets_case import badnets_case, view_of
 
 from bastion.errors import InvalidInputError
-from bastion.poisoning.attacks.badnets import badnets
-from bastion.poisoning.base import AttackerView, DefenderView, DefenseResult, PoisonedSet
+from bastion.poisoning.base import DefenderView, DefenseResult, PoisonedSet
 from bastion.poisoning.defenses.activation_clustering import activation_clustering
 from bastion.poisoning.metrics import accuracy, attack_success_rate, detection
 
@@ -25,10 +24,8 @@ class Case:
 
 @pytest.fixture(scope="module")
 def case(mnist, recipe) -> Case:
-    poisoned = badnets(AttackerView(mnist.train, mnist.test, mnist.spec, 0.05, 0, torch.Generator().manual_seed(0),
-                                    lambda: None))
-    view = DefenderView(poisoned.train, mnist.val, mnist.spec, recipe.fit(poisoned.train, mnist.val, mnist.spec),
-                        recipe.fitter(mnist.val, mnist.spec), torch.Generator().manual_seed(0))
+    poisoned, model = badnets_case(mnist, recipe)
+    view = view_of(mnist, recipe, poisoned.train, model)
     return Case(poisoned, view, activation_clustering(view))
 
 
@@ -56,8 +53,7 @@ def test_retrained_model_loses_most_of_the_backdoor(case, mnist, clean_model) ->
 
 
 def test_clean_set_has_no_poisoned_class(mnist, recipe, clean_model) -> None:
-    view = DefenderView(mnist.train, mnist.val, mnist.spec, clean_model, recipe.fitter(mnist.val, mnist.spec),
-                        torch.Generator().manual_seed(0))
+    view = view_of(mnist, recipe, mnist.train, clean_model)
     result = activation_clustering(view)
     assert result.info["poisoned_classes"] == []
     assert result.flagged is not None and int(result.flagged.sum()) == 0

@@ -5,20 +5,19 @@ from __future__ import annotations
 
 import pytest
 import torch
+from badnets_case import badnets_case, view_of
 
+from bastion.data.base import Split
 from bastion.errors import InvalidInputError
-from bastion.poisoning.attacks.badnets import badnets
-from bastion.poisoning.base import AttackerView, DefenderView, DefenseResult, PoisonedSet
+from bastion.poisoning.base import DefenderView, DefenseResult, PoisonedSet
 from bastion.poisoning.defenses.strip import strip
 from bastion.poisoning.metrics import accuracy, attack_success_rate
 
 
 @pytest.fixture(scope="module")
 def case(mnist, recipe) -> tuple[PoisonedSet, DefenderView, DefenseResult]:
-    poisoned = badnets(AttackerView(mnist.train, mnist.test, mnist.spec, 0.05, 0, torch.Generator().manual_seed(0),
-                                    lambda: None))
-    view = DefenderView(poisoned.train, mnist.val, mnist.spec, recipe.fit(poisoned.train, mnist.val, mnist.spec),
-                        recipe.fitter(mnist.val, mnist.spec), torch.Generator().manual_seed(0))
+    poisoned, model = badnets_case(mnist, recipe)
+    view = view_of(mnist, recipe, poisoned.train, model)
     return poisoned, view, strip(view)
 
 
@@ -27,14 +26,17 @@ def test_rejects_triggered_inputs_at_about_one_percent_false_rejections(case, mn
     assert result.reject is not None and result.model is view.model
     attacked = poisoned.attack_test(mnist.test)
     assert attacked is not None
-    triggered, held_out = attacked.x[:200], mnist.test.x[-400:]  # clean inputs the defense never saw
-    assert float(result.reject(triggered).float().mean()) > 0.9
-    assert float(result.reject(held_out).float().mean()) < 0.05
+    triggered = Split(attacked.x[:200], attacked.y[:200])
+    held_out = Split(mnist.test.x[-400:], mnist.test.y[-400:])  # clean inputs the defense never saw
+    rejected_triggered, rejected_clean = result.reject(triggered.x), result.reject(held_out.x)
+    assert float(rejected_triggered.float().mean()) > 0.9
+    assert float(rejected_clean.float().mean()) < 0.05
     assert result.info["frr_on_val"] == pytest.approx(0.01, abs=0.005)
-    sub = type(attacked)(attacked.x[:200], attacked.y[:200])
-    assert attack_success_rate(view.model, sub, result.reject) < 0.1 < attack_success_rate(view.model, sub)
-    clean = type(attacked)(held_out, mnist.test.y[-400:])
-    assert accuracy(view.model, clean, result.reject) > accuracy(view.model, clean) - 0.05
+    asr_filtered = attack_success_rate(view.model, triggered, lambda _x: rejected_triggered)
+    asr = attack_success_rate(view.model, triggered)
+    assert asr_filtered is not None and asr is not None
+    assert asr_filtered < 0.1 and asr > 0.9
+    assert accuracy(view.model, held_out, lambda _x: rejected_clean) > accuracy(view.model, held_out) - 0.05
 
 
 def test_same_view_same_decisions(case, mnist) -> None:

@@ -43,8 +43,11 @@ def check_range(defense: str, name: str, value: float, low: float, high: float, 
         raise InvalidInputError(f"{defense}: {name}={value} is out of range; use a value in {interval}.")
 
 
-def retrain_without(view: DefenderView, flagged: Tensor) -> nn.Module:
-    """A fresh model trained by the pipeline's recipe on the received set minus the flagged points."""
+def retrain_without(view: DefenderView, flagged: Tensor, defense: str) -> nn.Module:
+    """A fresh model trained by the pipeline's recipe on the received set minus the flagged points. Nothing flagged:
+    the received model, which the same recipe trained on the same set."""
+    if not flagged.any():
+        return received_model(view, defense)
     keep = ~flagged
     if not keep.any():
         raise InvalidInputError("The defense flagged every training point; loosen its parameters.")

@@ -51,5 +51,5 @@ def spectral_signatures(view: DefenderView, *, eps: float = 0.05) -> DefenseResu
         k = min(len(idx) - 1, math.ceil(1.5 * eps * len(idx)))
         flagged[idx[s.argsort(descending=True)[:k]]] = True
         removed[c] = k
-    return DefenseResult(model=retrain_without(view, flagged), scores=scores.float(), flagged=flagged,
+    return DefenseResult(model=retrain_without(view, flagged, NAME), scores=scores.float(), flagged=flagged,
                          info={"eps": eps, "removed_per_class": removed, "scaled": "per-class median"})

@@ -111,7 +111,7 @@ def spectre(view: DefenderView, *, eps: float = 0.05, k: int = 16, alpha: float 
         if above[c] > class_threshold:
             flagged[idx[scaled > 1]] = True
     poisoned = sorted(c for c, frac in above.items() if frac > class_threshold)
-    return DefenseResult(model=retrain_without(view, flagged), scores=scores.float(), flagged=flagged,
+    return DefenseResult(model=retrain_without(view, flagged, NAME), scores=scores.float(), flagged=flagged,
                          info={"above_validation_max": above, "poisoned_classes": poisoned, "eps": eps, "k": k,
                                "alpha": alpha})
 
