@@ -18,7 +18,10 @@ DEFENSES = POISON_DEFENSES.names()
 
 
 def test_registries_hold_the_issues_algorithms() -> None:
-    assert "badnets" in ATTACKS
+    assert {"label-flip", "label-flip-targeted", "badnets", "blended", "sig", "wanet", "feature-collision",
+            "label-consistent", "witches-brew"} <= set(ATTACKS)
+    assert {"spectral-signatures", "activation-clustering", "fine-pruning", "neural-cleanse", "abl",
+            "strip"} <= set(DEFENSES)
 
 
 @pytest.mark.parametrize("name", ATTACKS)
