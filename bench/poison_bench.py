@@ -270,6 +270,8 @@ def row_badnets(ctx: Ctx) -> dict[str, Any]:
                         "poison_seconds_median": t["bastion"]["seconds_median"]},
             "art": {**public(av), "poison_seconds": t["art"]["times"],
                     "poison_seconds_median": t["art"]["seconds_median"]},
+            "timing_note": "a ~10 ms memory copy on both sides; a side's first large copies can pay page faults "
+                           "(glibc's mmap threshold adapts after the first frees), so compare the fastest reps too",
             "_set": b, "_model": bv["_model"]}
 
 
@@ -441,6 +443,9 @@ def row_witches_brew(ctx: Ctx) -> dict[str, Any]:
     b: PoisonedSet = t["bastion"]["value"]
     ax = torch.from_numpy(t["art"]["value"])
     changed = (ax != ctx.train.x).flatten(1).any(1)
+    align_b = poison_alignment(ctx.surrogate(), b.train.x[b.poisoned], b.train.y[b.poisoned], b.victims)
+    align_a = poison_alignment(ctx.surrogate(), ax[changed], ctx.train.y[changed], b.victims)
+    log(f"    alignment loss on the surrogate (1 - cosine; lower is better) bastion {align_b:.4f} ART {align_a:.4f}")
     bv = victim_row(ctx, b.train, b.victims)
     av = victim_row(ctx, Split(ax, ctx.train.y.clone()), b.victims)
     log(f"    victims hit bastion {bv['asr']} ART {av['asr']} (alignment loss bastion "
@@ -448,11 +453,31 @@ def row_witches_brew(ctx: Ctx) -> dict[str, Any]:
     return {"status": "run", "rate": a.wb_rate, "poisons": int(b.poisoned.sum()), "art_changed_points":
             int(changed.sum()), "victims": len(b.victims), "params": params, "same_points": False,
             "same_victims": True,
-            "bastion": {**public(bv), "alignment_loss": b.info.get("alignment_loss"),
+            "bastion": {**public(bv), "alignment_loss": align_b,
+                        "alignment_loss_reported": b.info.get("alignment_loss"),
                         "poison_seconds": t["bastion"]["times"],
                         "poison_seconds_median": t["bastion"]["seconds_median"]},
-            "art": {**public(av), "poison_seconds": t["art"]["times"],
+            "art": {**public(av), "alignment_loss": align_a, "poison_seconds": t["art"]["times"],
                     "poison_seconds_median": t["art"]["seconds_median"]}}
+
+
+def poison_alignment(model: nn.Module, x: Tensor, y: Tensor, victims: Split) -> float:
+    """One minus the cosine between the surrogate's parameter gradient of the training loss on the poisons and
+    that of the victims' loss towards the target (the quantity both Witches' Brews minimise), measured here."""
+    import torch.nn.functional as F
+
+    params = [p for p in model.parameters()]
+    was = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(True)
+    try:
+        g_p = torch.autograd.grad(F.cross_entropy(model(x), y), params)
+        g_v = torch.autograd.grad(F.cross_entropy(model(victims.x), victims.y), params)
+    finally:
+        for p, w in zip(params, was, strict=True):
+            p.requires_grad_(w)
+    a, b = torch.cat([g.flatten() for g in g_p]), torch.cat([g.flatten() for g in g_v])
+    return float(1 - torch.dot(a, b) / (a.norm() * b.norm()))
 
 
 # --------------------------------------------------------------------------------------------- row 3: detection
@@ -752,7 +777,9 @@ def table(rows: dict[str, Any]) -> list[dict[str, Any]]:
         add(label, what, b["asr"], a["asr"])
         add(label, "clean accuracy", b["clean_accuracy"], a["clean_accuracy"])
         if "feature_gap" in b:
-            add(label, "feature gap (1 = none)", b["feature_gap"], a["feature_gap"])
+            add(label, "feature gap on the surrogate (1 = none)", b["feature_gap"], a["feature_gap"])
+        if "alignment_loss" in a:
+            add(label, "gradient alignment loss on the surrogate", b["alignment_loss"], a["alignment_loss"])
         add(label, "poisoning s (median)", b["poison_seconds_median"], a["poison_seconds_median"])
     for name, res in (rows.get("detection") or {}).items():
         if skipped(name, res):
@@ -772,10 +799,10 @@ def table(rows: dict[str, Any]) -> list[dict[str, Any]]:
     res = rows.get("neural_cleanse")
     if res is not None:
         b = res["bastion"]
-        out.append({"row": "Neural Cleanse", "metric": "ASR after repair / clean accuracy (bastion); ART: "
-                    + res["art"]["status"][:80], "bastion": (f"{fmt(b.get('asr'))} / {fmt(b.get('clean_accuracy'))}"
-                                                           if b.get("status") == "run" else b["status"]),
-                    "art": None, "ratio": None})
+        art_status = res["art"]["status"].replace("not run: NotImplementedError: ", "not run: ")
+        value = f"{fmt(b.get('asr'))} / {fmt(b.get('clean_accuracy'))}" if b.get("status") == "run" else b["status"]
+        out.append({"row": "Neural Cleanse", "metric": "ASR after repair / clean accuracy; ART: " + art_status,
+                    "bastion": value, "art": None, "ratio": None})
     return out
 
 
