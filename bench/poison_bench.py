@@ -24,7 +24,11 @@ Rows and every difference of ART's side (ART 1.20.1) from bastion's:
    *same* points (bastion's draw; ART leaves the choice of points to the caller). Trigger difference: ART sets 4
    pixels of the box to 1 and leaves the other 5 as they are; bastion's default ``checker`` sets 5 to 1 and 4 to 0.
    Sanity check recorded: ART's class given bastion's trigger as its perturbation yields the identical set.
-2. Clean-label attacks, same surrogate, same budget:
+2. Clean-label attacks, same surrogate, same budget, at CPU-sized scales: feature collision ``--fc-rate`` 0.005
+   (50 poisons for one victim, the paper's count per victim), label-consistent ``--lc-rate`` 0.03 (300 poisons),
+   Witches' Brew ``--wb-rate`` 0.01 with one victim (the matrix preset runs 5% and 5 victims: 500 poisons), so
+   the success rates rest on one victim each; the objectives both sides optimise are also measured on the
+   surrogate (feature gap, gradient alignment):
    * Feature collision (Shafahi et al. 2018): ART ``FeatureCollisionAttack`` per victim on the same bases and the
      same victims as bastion's draw (bastion's ``info``), feature layer = the input of the last Linear (index 8 of
      the Sequential, bastion's ``penultimate``), ``max_iter`` = bastion's ``steps``, ``similarity_coeff`` =
