@@ -55,3 +55,39 @@ def defender(mnist: Mnist, recipe: Recipe) -> Callable[..., DefenderView]:
         return DefenderView(poisoned.train, mnist.val, mnist.spec, model, recipe.fitter(mnist.val, mnist.spec),
                             torch.Generator().manual_seed(seed))
     return make
+
+
+@dataclass
+class Small:
+    """A cheaper case for the contract tests, which check the protocol, not strength: 2,000 training points, a
+    1-epoch recipe, and one BadNets-poisoned model shared by every defense's contract test."""
+
+    spec: DatasetSpec
+    train: Split
+    val: Split
+    test: Split
+    recipe: Recipe
+    clean: torch.nn.Module
+    _backdoored: tuple[PoisonedSet, torch.nn.Module] | None = None
+
+    def attacker(self, rate: float, target: int, seed: int) -> AttackerView:
+        return AttackerView(self.train, self.test, self.spec, rate, target, torch.Generator().manual_seed(seed),
+                            lambda: self.clean)
+
+    def backdoored(self) -> tuple[PoisonedSet, DefenderView]:
+        from bastion.poisoning.attacks.badnets import badnets
+
+        if self._backdoored is None:
+            poisoned = badnets(self.attacker(0.05, 0, 0))
+            self._backdoored = poisoned, self.recipe.fit(poisoned.train, self.val, self.spec)
+        poisoned, model = self._backdoored
+        return poisoned, DefenderView(poisoned.train, self.val, self.spec, model,
+                                      self.recipe.fitter(self.val, self.spec), torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="session")
+def small(mnist: Mnist) -> Small:
+    recipe = Recipe(epochs=1)
+    train, val = Split(mnist.train.x[:2000], mnist.train.y[:2000]), Split(mnist.val.x[:300], mnist.val.y[:300])
+    test = Split(mnist.test.x[:500], mnist.test.y[:500])
+    return Small(mnist.spec, train, val, test, recipe, recipe.fit(train, val, mnist.spec))

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
-import torch
+from badnets_case import badnets_case, view_of
 
 from bastion.errors import InvalidInputError
-from bastion.poisoning.attacks.badnets import badnets
-from bastion.poisoning.base import AttackerView, DefenderView
 from bastion.poisoning.defenses.abl import abl
 from bastion.poisoning.metrics import accuracy
 
 
 @pytest.fixture(scope="module")
-def case(mnist, recipe, clean_model):
-    poisoned = badnets(AttackerView(mnist.train, mnist.test, mnist.spec, 0.05, 0, torch.Generator().manual_seed(0),
-                                    lambda: clean_model))
-    model = recipe.fit(poisoned.train, mnist.val, mnist.spec)
-    view = DefenderView(poisoned.train, mnist.val, mnist.spec, None, recipe.fitter(mnist.val, mnist.spec),
-                        torch.Generator().manual_seed(0))
+def case(mnist, recipe):
+    poisoned, model = badnets_case(mnist, recipe)
+    view = dataclasses.replace(view_of(mnist, recipe, poisoned.train, model), model=None)
     return poisoned, model, view, abl(view)
 
 

@@ -25,14 +25,14 @@ def test_registries_hold_the_issues_algorithms() -> None:
 
 
 @pytest.mark.parametrize("name", ATTACKS)
-def test_attack_follows_the_protocol(name: str, attacker, mnist) -> None:
+def test_attack_follows_the_protocol(name: str, small) -> None:
     spec = POISON_ATTACKS.get(name)
     params = list(inspect.signature(spec.fn).parameters.values())
     assert params[0].annotation in (AttackerView, "AttackerView")
     assert all(p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty
                for p in params[1:]), f"{name}: parameters after the view must be keyword-only with defaults"
-    a = spec.fn(attacker(rate=0.02, target=1, seed=5))
-    b = spec.fn(attacker(rate=0.02, target=1, seed=5))
+    a, b = (spec.fn(small.attacker(rate=0.02, target=1, seed=5)) for _ in range(2))
+    mnist = small
     assert isinstance(a, PoisonedSet)
     assert a.train.x.shape[1:] == mnist.train.x.shape[1:] and len(a.train) == len(a.poisoned)
     assert 0 < int(a.poisoned.sum()) <= max(1, round(0.02 * len(mnist.train))) + 1
@@ -60,33 +60,12 @@ def test_defense_receives_only_the_defenders_view(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", DEFENSES)
-def test_defense_follows_the_protocol(name: str, attacker, defender, mnist, recipe) -> None:
-    from bastion.poisoning.attacks.badnets import badnets
-
-    spec = POISON_DEFENSES.get(name)
-    poisoned = badnets(attacker(rate=0.05, target=0))
-    view = defender(poisoned) if spec.stage != "train" else dataclasses.replace(defender(poisoned, model=
-                                                                                          recipe.build(mnist.spec)),
-                                                                             model=None)
-    result = spec.fn(view)
-    assert isinstance(result, DefenseResult) and isinstance(result.model, torch.nn.Module)
-    if spec.stage == "detect":
-        assert result.scores is not None and result.scores.shape == (len(poisoned.train),)
-        assert result.flagged is not None and result.flagged.dtype == torch.bool
-    if spec.stage == "filter":
-        assert result.reject is not None
-        assert result.reject(mnist.test.x[:10]).shape == (10,)
-
-
-@pytest.mark.parametrize("name", DEFENSES)
-def test_defense_never_loads_data_itself(name: str, attacker, defender, monkeypatch) -> None:
-    """Only the view reaches a defense: loading any registered data set (and so the test split) during it fails."""
+def test_defense_follows_the_protocol_and_never_loads_data(name: str, small, monkeypatch) -> None:
+    """Run on the view alone: loading any registered data set (and so the test split) during it fails."""
     from bastion.data import base
-    from bastion.poisoning.attacks.badnets import badnets
 
     spec = POISON_DEFENSES.get(name)
-    poisoned = badnets(attacker(rate=0.05, target=0))
-    view = defender(poisoned)
+    poisoned, view = small.backdoored()
     if spec.stage == "train":
         view = dataclasses.replace(view, model=None)
 
@@ -94,7 +73,15 @@ def test_defense_never_loads_data_itself(name: str, attacker, defender, monkeypa
         raise AssertionError(f"defense {name} loaded a data set itself")
 
     monkeypatch.setattr(base.DATASETS, "get", refuse)
-    spec.fn(view)
+    result = spec.fn(view)
+    monkeypatch.undo()
+    assert isinstance(result, DefenseResult) and isinstance(result.model, torch.nn.Module)
+    if spec.stage == "detect":
+        assert result.scores is not None and result.scores.shape == (len(poisoned.train),)
+        assert result.flagged is not None and result.flagged.dtype == torch.bool
+    if spec.stage == "filter":
+        assert result.reject is not None
+        assert result.reject(small.test.x[:10]).shape == (10,)
 
 
 def test_a_defense_cannot_declare_a_test_data_parameter() -> None:

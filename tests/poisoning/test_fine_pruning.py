@@ -6,23 +6,19 @@ import copy
 
 import pytest
 import torch
+from badnets_case import badnets_case, view_of
 from torch import nn
 
 from bastion.errors import InvalidInputError
-from bastion.poisoning.attacks.badnets import badnets
-from bastion.poisoning.base import AttackerView, DefenderView
 from bastion.poisoning.defenses.fine_pruning import fine_pruning
 from bastion.poisoning.features import last_conv_activations, last_of
 from bastion.poisoning.metrics import accuracy, attack_success_rate
 
 
 @pytest.fixture(scope="module")
-def case(mnist, recipe, clean_model):
-    poisoned = badnets(AttackerView(mnist.train, mnist.test, mnist.spec, 0.05, 0, torch.Generator().manual_seed(0),
-                                    lambda: clean_model))
-    model = recipe.fit(poisoned.train, mnist.val, mnist.spec)
-    view = DefenderView(poisoned.train, mnist.val, mnist.spec, model, recipe.fitter(mnist.val, mnist.spec),
-                        torch.Generator().manual_seed(0))
+def case(mnist, recipe):
+    poisoned, model = badnets_case(mnist, recipe)
+    view = view_of(mnist, recipe, poisoned.train, model)
     before = copy.deepcopy(model.state_dict())
     return poisoned, model, view, fine_pruning(view), before
 

@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import pytest
 import torch
+from badnets_case import badnets_case, view_of
 
 from bastion.errors import InvalidInputError
-from bastion.poisoning.attacks.badnets import badnets
-from bastion.poisoning.base import AttackerView, DefenderView
+from bastion.poisoning.base import DefenderView
 from bastion.poisoning.defenses.neural_cleanse import anomaly_index, neural_cleanse
 from bastion.poisoning.metrics import accuracy, attack_success_rate
 
 
 @pytest.fixture(scope="module")
-def case(mnist, recipe, clean_model):
-    poisoned = badnets(AttackerView(mnist.train, mnist.test, mnist.spec, 0.05, 0, torch.Generator().manual_seed(0),
-                                    lambda: clean_model))
-    model = recipe.fit(poisoned.train, mnist.val, mnist.spec)
+def case(mnist, recipe):
+    poisoned, model = badnets_case(mnist, recipe)
 
     def view(m: torch.nn.Module, seed: int = 0) -> DefenderView:
-        return DefenderView(poisoned.train, mnist.val, mnist.spec, m, recipe.fitter(mnist.val, mnist.spec),
-                            torch.Generator().manual_seed(seed))
+        return view_of(mnist, recipe, poisoned.train, m, seed)
     return poisoned, model, view
 
 
