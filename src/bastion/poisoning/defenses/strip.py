@@ -27,9 +27,11 @@ from bastion.poisoning.defenses._detection import check_range, received_model
 
 NAME = "strip"
 
+
 def superimposed(x: Tensor, overlays: Tensor, weight: float, lower: float, upper: float) -> Tensor:
     """(len(x) * n, ...) images: every row of ``x`` added to each of its ``n`` overlays (overlays: (len(x), n, ...))."""
     return (x.unsqueeze(1) + weight * overlays).clamp(lower, upper).flatten(0, 1)
+
 
 @torch.no_grad()
 def mean_entropy(model: nn.Module, x: Tensor, pool: Tensor, n: int, weight: float, bounds: tuple[float, float],
@@ -44,6 +46,7 @@ def mean_entropy(model: nn.Module, x: Tensor, pool: Tensor, n: int, weight: floa
         entropy = -(probs * probs.clamp_min(1e-12).log()).sum(1)
         out.append(entropy.view(len(part), n).mean(1))
     return torch.cat(out) if out else torch.empty(0)
+
 
 @register_poison_defense(NAME, stage="filter", paper="Gao et al. 2019")
 def strip(view: DefenderView, *, n: int = 20, frr: float = 0.01, weight: float = 1.0) -> DefenseResult:
