@@ -27,6 +27,8 @@ def test_matrix_measures_stores_and_reports(tmp_path: Path) -> None:
     report = bastion.poison(SMALL, store=tmp_path / "s.sqlite", workdir=tmp_path / "w", report_dir=tmp_path / "r")
     bad = report.cell("badnets")
     assert bad["attack_success_rate"] > 0.5 > bad["clean_model_attack_success_rate"]
+    build = report.summary["builds"][1]
+    assert build["train_passes"]["forward_passes"] >= 3000 and build["train_passes"]["gradient_passes"] >= 3000
     assert report.cell("none")["attack_success_rate"] is None and report.cell("none")["clean_accuracy"] > 0.5
     assert {p.name for p in (tmp_path / "r").iterdir()} >= {"poison.html", "poison.md", "poison.json",
                                                             "heatmap.png", "examples.png"}
@@ -102,3 +104,18 @@ def test_presets_load() -> None:
         for quick in (False, True):
             cfg = load_poison(name, quick=quick)
             assert cfg.attacks and cfg.defenses
+
+
+def test_passes_are_counted_per_top_level_forward() -> None:
+    import torch
+
+    from bastion.poisoning.cost import count_passes
+    from bastion.zoo.architectures import build_model
+
+    model = build_model("cnn", (1, 28, 28), 10)
+    with count_passes() as passes:
+        model(torch.rand(5, 1, 28, 28))
+        with torch.no_grad():
+            model(torch.rand(7, 1, 28, 28))
+    model(torch.rand(3, 1, 28, 28))  # outside the block: not counted
+    assert (passes.forward, passes.gradient) == (12, 5)

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from bastion.data import load_dataset
 from bastion.data.base import DatasetSpec, Split
 from bastion.poisoning.config import NONE, AttackEntry, DefenseEntry, PoisonConfig, check_names, spec_hash
+from bastion.poisoning.cost import count_passes
 from bastion.poisoning.recipe import Recipe
 from bastion.store import Store
 
@@ -160,11 +161,13 @@ def build_job(payload: dict[str, Any]) -> dict[str, Any]:
     data, folder = data_of(config), Path(payload["folder"])
     folder.mkdir(parents=True, exist_ok=True)
     cpu, wall = time.process_time(), time.perf_counter()
-    poisoned = _poison(config, entry, data, payload.get("surrogate"))
+    with count_passes() as attack_passes:
+        poisoned = _poison(config, entry, data, payload.get("surrogate"))
     attack_cpu, attack_wall = time.process_time() - cpu, time.perf_counter() - wall
     attacked = poisoned.attack_test(data.test)
     cpu, wall = time.process_time(), time.perf_counter()
-    model = recipe_of(config).fit(poisoned.train, data.val, data.spec)
+    with count_passes() as train_passes:
+        model = recipe_of(config).fit(poisoned.train, data.val, data.spec)
     train_cpu, train_wall = time.process_time() - cpu, time.perf_counter() - wall
     tensors = {"x": poisoned.train.x.contiguous(), "y": poisoned.train.y.contiguous(),
                "poisoned": poisoned.poisoned.to(torch.uint8)}
@@ -179,6 +182,7 @@ def build_job(payload: dict[str, Any]) -> dict[str, Any]:
               "target": poisoned.target, "source": poisoned.source,
               "attack_cpu_seconds": attack_cpu, "attack_seconds": attack_wall,
               "train_cpu_seconds": train_cpu, "train_seconds": train_wall,
+              "attack_passes": attack_passes.as_dict(), "train_passes": train_passes.as_dict(),
               "info": _jsonable(poisoned.info), "examples": _examples(poisoned, data, attacked)}
     (folder / "build.json").write_text(json.dumps(record))
     return record
@@ -256,19 +260,20 @@ def cell_job(payload: dict[str, Any]) -> dict[str, Any]:
     model = load_model(folder / "model")
     recipe = recipe_of(config)
     cpu, wall = time.process_time(), time.perf_counter()
-    if defense.name == NONE:
-        result = DefenseResult(model=model)
-    else:
-        spec = POISON_DEFENSES.get(defense.name)
-        params = check_params("poisoning defense", defense.name, defense.params, spec.defaults)
-        view = DefenderView(received, data.val, data.spec, None if spec.stage == "train" else model,
-                            recipe.fitter(data.val, data.spec), torch.Generator().manual_seed(config.seed + 7))
-        result = spec.fn(view, **params)
+    with count_passes() as passes:
+        if defense.name == NONE:
+            result = DefenseResult(model=model)
+        else:
+            spec = POISON_DEFENSES.get(defense.name)
+            params = check_params("poisoning defense", defense.name, defense.params, spec.defaults)
+            view = DefenderView(received, data.val, data.spec, None if spec.stage == "train" else model,
+                                recipe.fitter(data.val, data.spec), torch.Generator().manual_seed(config.seed + 7))
+            result = spec.fn(view, **params)
     defense_cpu, defense_wall = time.process_time() - cpu, time.perf_counter() - wall
     metrics: dict[str, Any] = {
         "clean_accuracy": accuracy(result.model, data.test, result.reject),
         "attack_success_rate": attack_success_rate(result.model, attacked, result.reject),
-        "defense_cpu_seconds": defense_cpu, "defense_seconds": defense_wall,
+        "defense_cpu_seconds": defense_cpu, "defense_seconds": defense_wall, "defense_passes": passes.as_dict(),
         "stage": "none" if defense.name == NONE else POISON_DEFENSES.get(defense.name).stage,
         "info": _jsonable(result.info),
     }

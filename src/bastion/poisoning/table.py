@@ -20,7 +20,7 @@ def summarize(config: PoisonConfig, store: Store, result: Any) -> dict[str, Any]
         s = store.get_run(rid).summary or {}
         builds.append({"attack": a.key, "run_id": rid, **{k: s.get(k) for k in (
             "name", "kind", "n_train", "n_poisoned", "n_attack_test", "target", "source", "attack_seconds",
-            "attack_cpu_seconds", "train_seconds", "train_cpu_seconds", "examples")}})
+            "attack_cpu_seconds", "train_seconds", "train_cpu_seconds", "attack_passes", "train_passes", "examples")}})
     cells = []
     for a in config.attacks:
         for d in config.defenses:
@@ -30,6 +30,10 @@ def summarize(config: PoisonConfig, store: Store, result: Any) -> dict[str, Any]
     return {"name": config.name, "dataset": config.dataset, "rate": config.rate, "target": config.target,
             "recipe": config.recipe.model_dump(mode="json"), "attacks": [a.key for a in config.attacks],
             "defenses": [d.key for d in config.defenses], "builds": builds, "cells": cells}
+
+
+def _passes(p: dict[str, int] | None) -> str:
+    return "-" if not p else f"{p['forward_passes']:,} / {p['gradient_passes']:,}"
 
 
 def _pct(v: float | None) -> str:
@@ -66,13 +70,16 @@ def markdown(summary: dict[str, Any], run_id: str) -> str:
             auc = "-" if d.get("auc") is None else f"{d['auc']:.3f}"
             lines.append(f"| {c['attack']} | {c['defense']} | {_pct(d.get('tpr'))} | {_pct(d.get('fpr'))} | {auc} | "
                          f"{c.get('n_flagged', '-')} |")
-    lines += ["", "## Cost", "", "| attack | poisoned points | attack CPU s | train CPU s |", "|---|---|---|---|"]
+    lines += ["", "## Cost", "", "Passes: samples through the model (forward) and, of those, with gradients "
+              "(each followed by a backward).", "",
+              "| attack | poisoned points | attack CPU s | attack passes (forward / gradient) | train CPU s |",
+              "|---|---|---|---|---|"]
     for b in summary["builds"]:
         lines.append(f"| {b['attack']} | {b['n_poisoned']} | {b['attack_cpu_seconds']:.1f} | "
-                     f"{b['train_cpu_seconds']:.1f} |")
-    lines += ["", "| attack | defense | defense CPU s |", "|---|---|---|"]
-    lines += [f"| {c['attack']} | {c['defense']} | {c.get('defense_cpu_seconds', 0):.1f} |" for c in summary["cells"]
-              if c["defense"] != "none"]
+                     f"{_passes(b.get('attack_passes'))} | {b['train_cpu_seconds']:.1f} |")
+    lines += ["", "| attack | defense | defense CPU s | defense passes (forward / gradient) |", "|---|---|---|---|"]
+    lines += [f"| {c['attack']} | {c['defense']} | {c.get('defense_cpu_seconds', 0):.1f} | "
+              f"{_passes(c.get('defense_passes'))} |" for c in summary["cells"] if c["defense"] != "none"]
     return "\n".join(lines) + "\n"
 
 
@@ -200,8 +207,10 @@ def html_page(summary: dict[str, Any], run_id: str, images: dict[str, str]) -> s
     det = [[esc(c["attack"]), esc(c["defense"]), _pct(c["detection"].get("tpr")), _pct(c["detection"].get("fpr")),
             "-" if c["detection"].get("auc") is None else f"{c['detection']['auc']:.3f}", str(c.get("n_flagged", "-"))]
            for c in summary["cells"] if c.get("detection")]
-    cost = [[esc(b["attack"]), str(b["n_poisoned"]), f"{b['attack_cpu_seconds']:.1f}", f"{b['train_cpu_seconds']:.1f}"]
-            for b in summary["builds"]]
+    cost = [[esc(b["attack"]), str(b["n_poisoned"]), f"{b['attack_cpu_seconds']:.1f}", _passes(b.get("attack_passes")),
+             f"{b['train_cpu_seconds']:.1f}"] for b in summary["builds"]]
+    dcost = [[esc(c["attack"]), esc(c["defense"]), f"{c.get('defense_cpu_seconds', 0):.1f}",
+              _passes(c.get("defense_passes"))] for c in summary["cells"] if c["defense"] != "none"]
     figs = "".join(f"<h2>{esc(title)}</h2><img src='{esc(name)}' alt='{esc(title)}'>" for title, name in images.items())
     title = f"Poisoning matrix {esc(summary['name'])}"
     return ("<!doctype html><html><head><meta charset='utf-8'>"
@@ -214,7 +223,11 @@ def html_page(summary: dict[str, Any], run_id: str, images: dict[str, str]) -> s
             + _html_table(["attack", "clean model's ASR", *summary["defenses"]], matrix)
             + ("<h2>Detection against the recorded poisoned points</h2>" + _html_table(
                 ["attack", "defense", "TPR", "FPR", "AUC", "flagged"], det) if det else "")
-            + "<h2>Cost</h2>" + _html_table(["attack", "poisoned points", "attack CPU s", "train CPU s"], cost)
+            + "<h2>Cost</h2><p>Passes: samples through the model (forward) and, of those, with gradients.</p>"
+            + _html_table(["attack", "poisoned points", "attack CPU s", "attack passes (fwd / grad)", "train CPU s"],
+                          cost)
+            + (_html_table(["attack", "defense", "defense CPU s", "defense passes (fwd / grad)"], dcost) if dcost
+               else "")
             + figs + "</body></html>")
 
 

@@ -35,8 +35,9 @@ def superimposed(x: Tensor, overlays: Tensor, weight: float, lower: float, upper
 
 @torch.no_grad()
 def mean_entropy(model: nn.Module, x: Tensor, pool: Tensor, n: int, weight: float, bounds: tuple[float, float],
-                 generator: torch.Generator, chunk: int = 50) -> Tensor:
-    """Per input of ``x``: the entropy of the model's softmax, averaged over ``n`` superimposed pool images."""
+                 generator: torch.Generator, chunk: int = 12) -> Tensor:
+    """Per input of ``x``: the entropy of the model's softmax, averaged over ``n`` superimposed pool images.
+    ``chunk`` inputs at a time (12 x 20 overlays: batches of 240, measured 1.7x faster than 1,000 on this CPU)."""
     model.eval()
     out = []
     for i in range(0, len(x), chunk):
