@@ -37,7 +37,7 @@ def _captured(model: nn.Module, layer: nn.Module, x: Tensor, *, output: bool, ba
     return torch.cat(chunks) if chunks else torch.empty(0)
 
 
-def penultimate(model: nn.Module, x: Tensor, batch_size: int = 256) -> Tensor:
+def penultimate(model: nn.Module, x: Tensor, batch_size: int = 128) -> Tensor:
     """The input of the model's last ``nn.Linear`` for every row of ``x``: (n, features)."""
     return _captured(model, last_of(model, nn.Linear), x, output=False, batch_size=batch_size)
 
@@ -53,6 +53,6 @@ def penultimate_differentiable(model: nn.Module, x: Tensor) -> Tensor:
     return out[0].flatten(1)
 
 
-def last_conv_activations(model: nn.Module, x: Tensor, batch_size: int = 256) -> Tensor:
+def last_conv_activations(model: nn.Module, x: Tensor, batch_size: int = 128) -> Tensor:
     """The output of the model's last ``nn.Conv2d`` (n, channels, h, w)."""
     return _captured(model, last_of(model, nn.Conv2d), x, output=True, batch_size=batch_size)
