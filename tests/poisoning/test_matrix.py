@@ -46,7 +46,7 @@ def test_poisoned_model_is_an_ordinary_bastion_model(tmp_path: Path) -> None:
 
     cfg = parse_poison(SMALL)
     bastion.poison(cfg, store=tmp_path / "s.sqlite", workdir=tmp_path / "w")
-    model = load_model(build_dir(cfg, cfg.attack("badnets"), tmp_path / "w" / cfg.name) / "model")
+    model = load_model(build_dir(cfg, cfg.attack("badnets"), tmp_path / "w" / "builds") / "model")
     test = data_of(cfg).test
     rep = bastion.attack(model, test.x[:20], test.y[:20], bastion.LpThreat("linf", 0.1), "fgsm",
                          progress=False)

@@ -41,7 +41,7 @@ def run_cmd(
     started = time.perf_counter()
     n_cells = len(cfg.attacks) * len(cfg.defenses)
     console.print(f"[bold]{cfg.name}[/]: {len(cfg.attacks)} attacks x {len(cfg.defenses)} defenses on "
-                  f"{cfg.dataset}; work folder {root / cfg.name}")
+                  f"{cfg.dataset}; work folder {root}")
     with progress_bar() as bar:
         task = bar.add_task("poison", total=len(cfg.attacks) + n_cells, info="")
         reused = 0

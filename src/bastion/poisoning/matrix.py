@@ -106,14 +106,15 @@ def surrogate_path(config: PoisonConfig, workdir: Path) -> Path:
 
 
 def build_dir(config: PoisonConfig, entry: AttackEntry, workdir: Path) -> Path:
-    return workdir / f"{_slug(entry.key)}-{build_key(config, entry)}"
+    return workdir / f"{_slug(entry.name)}-{build_key(config, entry)}"
 
 
 def _defended_path(config: PoisonConfig, attack: AttackEntry, defense: DefenseEntry, workdir: Path) -> str | None:
     """Where a cell's defended model is saved (an ordinary bastion checkpoint); None for the undefended cell."""
     if defense.name == NONE:
         return None
-    return str(build_dir(config, attack, workdir) / f"defended-{_slug(defense.key)}")
+    return str(build_dir(config, attack, workdir) / f"defended-{_slug(defense.name)}-{cell_key(config, attack,
+                                                                                               defense)}")
 
 
 def _clean_folder(config: PoisonConfig, workdir: Path) -> str | None:
@@ -314,7 +315,7 @@ def run_matrix(config: PoisonConfig, store: Store, workdir: Path, *, scheduler: 
 
     data = data_of(config)
     check_names(config, data.spec.num_classes)
-    workdir = Path(workdir) / config.name
+    workdir = Path(workdir) / "builds"  # content-addressed: matrices that share an attack build share its folder
     workdir.mkdir(parents=True, exist_ok=True)
     result = MatrixResult("")
     threads = 1 if scheduler != "sync" else torch.get_num_threads()
