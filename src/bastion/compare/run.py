@@ -19,6 +19,7 @@ from typing import Any
 from bastion.compare.build import BUILD_KIND, build_entry, build_key, checkpoint_path, dependencies, module_path
 from bastion.compare.config import CompareConfig, DefenseEntry, ThreatSpec, spec_hash
 from bastion.evaluation.config import EvalConfig
+from bastion.evaluation.sweep import Event
 from bastion.store import Store
 
 COMPARE_KIND = "compare"
@@ -40,18 +41,6 @@ class Measurement:
         from bastion.certification.config import CertifyConfig
 
         return CertifyConfig(**self.config).key()
-
-
-@dataclass(frozen=True)
-class Event:
-    """Progress: ``phase`` build or measure; ``skipped`` when the store already had the finished run."""
-
-    phase: str
-    name: str
-    run_id: str
-    skipped: bool
-    done: int
-    total: int
 
 
 @dataclass

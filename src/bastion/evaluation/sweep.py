@@ -168,6 +168,19 @@ def dask_client(scheduler: str | None, workers: int) -> Iterator[Any]:
             cluster.close()
 
 
+@dataclass(frozen=True)
+class Event:
+    """Progress of a multi-job run (compare, poison): ``phase`` (build, measure, cell ...), ``skipped`` when the
+    store already had the finished run."""
+
+    phase: str
+    name: str
+    run_id: str
+    skipped: bool
+    done: int
+    total: int
+
+
 class LazyClient:
     """Starts the Dask client on first use only, so a fully reused comparison starts no cluster."""
 

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from bastion.data import load_dataset
 from bastion.data.base import DatasetSpec, Split
+from bastion.evaluation.sweep import Event
 from bastion.poisoning.config import NONE, AttackEntry, DefenseEntry, PoisonConfig, check_names, spec_hash
 from bastion.poisoning.cost import count_passes
 from bastion.poisoning.recipe import Recipe
@@ -40,18 +41,6 @@ class Data:
     train: Split
     val: Split
     test: Split
-
-
-@dataclass(frozen=True)
-class Event:
-    """Progress: ``phase`` surrogate, build or cell; ``skipped`` when the store already had the finished run."""
-
-    phase: str
-    name: str
-    run_id: str
-    skipped: bool
-    done: int
-    total: int
 
 
 @dataclass
@@ -113,8 +102,8 @@ def _defended_path(config: PoisonConfig, attack: AttackEntry, defense: DefenseEn
     """Where a cell's defended model is saved (an ordinary bastion checkpoint); None for the undefended cell."""
     if defense.name == NONE:
         return None
-    return str(build_dir(config, attack, workdir) / f"defended-{_slug(defense.name)}-{cell_key(config, attack,
-                                                                                               defense)}")
+    key = cell_key(config, attack, defense)
+    return str(build_dir(config, attack, workdir) / f"defended-{_slug(defense.name)}-{key}")
 
 
 def _clean_folder(config: PoisonConfig, workdir: Path) -> str | None:
