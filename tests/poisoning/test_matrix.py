@@ -119,3 +119,15 @@ def test_passes_are_counted_per_top_level_forward() -> None:
             model(torch.rand(7, 1, 28, 28))
     model(torch.rand(3, 1, 28, 28))  # outside the block: not counted
     assert (passes.forward, passes.gradient) == (12, 5)
+
+
+def test_poison_list_names_every_algorithm() -> None:
+    from typer.testing import CliRunner
+
+    from bastion.cli import app
+    from bastion.poisoning import POISON_ATTACKS, POISON_DEFENSES
+
+    out = CliRunner().invoke(app, ["poison", "list"], env={"COLUMNS": "250"})
+    assert out.exit_code == 0, out.output
+    for name in [*POISON_ATTACKS.names(), *POISON_DEFENSES.names()]:
+        assert name in out.output
