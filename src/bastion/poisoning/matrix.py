@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch import Tensor, nn
+from torch import nn
 
 from bastion.data import load_dataset
 from bastion.data.base import DatasetSpec, Split
@@ -29,6 +29,7 @@ from bastion.evaluation.sweep import Event
 from bastion.poisoning.config import NONE, AttackEntry, DefenseEntry, PoisonConfig, check_names, spec_hash
 from bastion.poisoning.cost import count_passes
 from bastion.poisoning.recipe import Recipe
+from bastion.poisoning.records import examples, histogram, jsonable
 from bastion.store import Store
 
 BUILD_KIND, CELL_KIND, MATRIX_KIND = "poison-build", "poison-cell", "poison"
@@ -173,7 +174,7 @@ def build_job(payload: dict[str, Any]) -> dict[str, Any]:
               "attack_cpu_seconds": attack_cpu, "attack_seconds": attack_wall,
               "train_cpu_seconds": train_cpu, "train_seconds": train_wall,
               "attack_passes": attack_passes.as_dict(), "train_passes": train_passes.as_dict(),
-              "info": _jsonable(poisoned.info), "examples": _examples(poisoned, data, attacked)}
+              "info": jsonable(poisoned.info), "examples": examples(poisoned, data.train, attacked)}
     (folder / "build.json").write_text(json.dumps(record))
     return record
 
@@ -207,33 +208,6 @@ def _poison(config: PoisonConfig, entry: AttackEntry, data: Data, surrogate: str
     return spec.fn(view, **params)
 
 
-def _examples(poisoned: Any, data: Data, attacked: Split | None, n: int = 4) -> dict[str, Any]:
-    """A few poisoned training points next to their clean originals, and attack test inputs, for the report."""
-    idx = torch.nonzero(poisoned.poisoned).flatten()[:n]
-    out: dict[str, Any] = {"poisoned": poisoned.train.x[idx].tolist(), "clean": data.train.x[idx].tolist(),
-                           "labels": poisoned.train.y[idx].tolist(), "clean_labels": data.train.y[idx].tolist()}
-    if attacked is not None:
-        out["attack_test"] = attacked.x[:n].tolist()
-    return out
-
-
-def _jsonable(info: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in info.items():
-        if isinstance(v, Tensor):
-            if v.numel() <= 16:
-                out[k] = v.tolist()
-        elif isinstance(v, str | int | float | bool) or v is None:
-            out[k] = v
-        elif isinstance(v, list | tuple | dict):
-            try:
-                json.dumps(v)
-                out[k] = v
-            except TypeError:
-                continue
-    return out
-
-
 def cell_job(payload: dict[str, Any]) -> dict[str, Any]:
     """Run one defense on one attack's build and measure it."""
     from bastion.poisoning import POISON_DEFENSES, DefenderView, DefenseResult
@@ -265,7 +239,7 @@ def cell_job(payload: dict[str, Any]) -> dict[str, Any]:
         "attack_success_rate": attack_success_rate(result.model, attacked, result.reject),
         "defense_cpu_seconds": defense_cpu, "defense_seconds": defense_wall, "defense_passes": passes.as_dict(),
         "stage": "none" if defense.name == NONE else POISON_DEFENSES.get(defense.name).stage,
-        "info": _jsonable(result.info),
+        "info": jsonable(result.info),
     }
     if result.reject is not None:
         metrics["false_rejection_rate"] = float(result.reject(data.test.x).float().mean())
@@ -276,7 +250,7 @@ def cell_job(payload: dict[str, Any]) -> dict[str, Any]:
                     "n_flagged": None if result.flagged is None else int(result.flagged.sum())}
         if result.scores is not None:
             metrics["roc"] = roc_points(result.scores, truth)
-            metrics["histogram"] = _histogram(result.scores, truth)
+            metrics["histogram"] = histogram(result.scores, truth)
     if defense.name == NONE and attacked is not None and payload.get("clean_folder"):
         metrics["clean_model_attack_success_rate"] = attack_success_rate(load_model(Path(payload["clean_folder"]) /
                                                                                     "model"), attacked)
@@ -284,15 +258,6 @@ def cell_job(payload: dict[str, Any]) -> dict[str, Any]:
         save_model(result.model, Path(payload["model_path"]), config, data,
                    {"method": "standard", "poisoning_defense": defense.model_dump(mode="json")})
     return metrics
-
-
-def _histogram(scores: Tensor, truth: Tensor, bins: int = 30) -> dict[str, Any]:
-    s = torch.nan_to_num(scores.double())
-    lo, hi = float(s.min()), float(s.max())
-    hi = hi if hi > lo else lo + 1.0
-    edges = torch.linspace(lo, hi, bins + 1)
-    count = lambda v: torch.histc(v, bins=bins, min=lo, max=hi).tolist()  # noqa: E731
-    return {"edges": edges.tolist(), "poisoned": count(s[truth]), "clean": count(s[~truth])}
 
 
 # driver ----------------------------------------------------------------------------------------------------------
