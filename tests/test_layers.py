@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                     "bastion.evaluation.config", "bastion.certification.ibp", "bastion.certification.crown",
                     "bastion.certification.lipschitz", "bastion.certification._layers",
                     "bastion.certification.smoothing", "bastion.certification.config", "bastion.defenses",
-                    "bastion.poisoning")),
+                    "bastion.poisoning", "bastion.stealing")),
     ("transfer", ("bastion.blackbox",)),
     ("evaluation", ("bastion.evaluation.setup", "bastion.evaluation.memory", "bastion.evaluation.suite",
                     "bastion.evaluation.diagnostics",
@@ -33,9 +33,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("store", ("bastion.store", "bastion.evaluation.store", "bastion.evaluation.claims")),
     ("runs", ("bastion.evaluation", "bastion.evaluation.job", "bastion.evaluation.summary", "bastion.evaluation.report",
               "bastion.evaluation.plots", "bastion.certification", "bastion.compare.deployable",
-              "bastion.poisoning.table")),
+              "bastion.poisoning.table", "bastion.stealing.table")),
     ("api", ("bastion.api", "bastion.report")),
-    ("jobs", ("bastion.evaluation.sweep", "bastion.compare", "bastion.poisoning.matrix", "bastion.poisoning.api")),
+    ("jobs", ("bastion.evaluation.sweep", "bastion.compare", "bastion.poisoning.matrix", "bastion.poisoning.api",
+              "bastion.stealing.run", "bastion.stealing.api")),
     ("cli", ("bastion.cli", "bastion.__main__")),
 ]
 RANK = {name: i for i, (name, _) in enumerate(LAYERS)}

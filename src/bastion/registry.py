@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-from bastion.errors import UnknownNameError
+from bastion.errors import InvalidInputError, UnknownNameError
 
 T = TypeVar("T")
 
@@ -56,3 +57,19 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def keyword_defaults(fn: Callable[..., Any]) -> dict[str, Any]:
+    """An algorithm's parameters: its keyword-only arguments with their defaults (the paper's)."""
+    return {p.name: p.default for p in inspect.signature(fn).parameters.values()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty}
+
+
+def check_params(kind: str, name: str, given: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """``defaults`` updated with ``given``; an unknown parameter name is one clear error."""
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        known = ", ".join(sorted(defaults)) or "none"
+        raise InvalidInputError(f"{kind} {name!r} has no parameter {', '.join(map(repr, unknown))}; "
+                                f"its parameters: {known}.")
+    return {**defaults, **given}

@@ -14,7 +14,6 @@ for every registered defense). It returns a :class:`DefenseResult`.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -24,7 +23,7 @@ from torch import Tensor, nn
 
 from bastion.data.base import DatasetSpec, Split
 from bastion.errors import InvalidInputError
-from bastion.registry import Registry
+from bastion.registry import Registry, check_params, keyword_defaults  # noqa: F401 (check_params re-exported)
 
 AttackKind = Literal["availability", "dirty-label", "backdoor", "clean-label"]
 DefenseStage = Literal["detect", "train", "repair", "filter"]
@@ -141,14 +140,9 @@ POISON_ATTACKS: Registry[PoisonAttackSpec] = Registry("poisoning attack", "basti
 POISON_DEFENSES: Registry[PoisonDefenseSpec] = Registry("poisoning defense", "bastion poison list")
 
 
-def _defaults(fn: Callable[..., Any]) -> dict[str, Any]:
-    return {p.name: p.default for p in inspect.signature(fn).parameters.values()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty}
-
-
 def register_poison_attack(name: str, *, kind: AttackKind, paper: str) -> Callable[[Callable], Callable]:
     """Register ``fn(view: AttackerView, *, param=default, ...) -> PoisonedSet``; defaults are the paper's."""
-    return POISON_ATTACKS.decorator(name, lambda fn: PoisonAttackSpec(name, fn, kind, paper, _defaults(fn)))
+    return POISON_ATTACKS.decorator(name, lambda fn: PoisonAttackSpec(name, fn, kind, paper, keyword_defaults(fn)))
 
 
 def register_poison_defense(name: str, *, stage: DefenseStage, paper: str) -> Callable[[Callable], Callable]:
@@ -156,21 +150,11 @@ def register_poison_defense(name: str, *, stage: DefenseStage, paper: str) -> Ca
     data is refused: a defense is tuned with the defender's view only."""
 
     def check(fn: Callable[..., DefenseResult]) -> Callable[..., DefenseResult]:
-        bad = [p for p in _defaults(fn) if "test" in p.lower()]
+        bad = [p for p in keyword_defaults(fn) if "test" in p.lower()]
         if bad:
             raise ValueError(f"defense {name!r}: parameter {bad[0]!r} would hand it test data; a defense sees only "
                              "the DefenderView")
         return fn
 
-    wrap = POISON_DEFENSES.decorator(name, lambda fn: PoisonDefenseSpec(name, fn, stage, paper, _defaults(fn)))
+    wrap = POISON_DEFENSES.decorator(name, lambda fn: PoisonDefenseSpec(name, fn, stage, paper, keyword_defaults(fn)))
     return lambda fn: wrap(check(fn))
-
-
-def check_params(kind: str, name: str, given: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    """``defaults`` updated with ``given``; an unknown parameter name is one clear error."""
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        known = ", ".join(sorted(defaults)) or "none"
-        raise InvalidInputError(f"{kind} {name!r} has no parameter {', '.join(map(repr, unknown))}; "
-                                f"its parameters: {known}.")
-    return {**defaults, **given}
