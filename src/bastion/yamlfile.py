@@ -29,3 +29,21 @@ def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
         raise InvalidInputError(f"{p} must hold a mapping (KEY: value lines) for the {what}, not a "
                                 f"{type(data).__name__}.")
     return data
+
+
+def preset_names(presets: Path) -> list[str]:
+    """The built-in presets in a folder of ``NAME.yaml`` files."""
+    return sorted(p.stem for p in presets.glob("*.yaml") if not p.stem.endswith("-quick"))
+
+
+def read_preset(source: str | Path, presets: Path, what: str, command: str) -> tuple[dict[str, Any], Path]:
+    """A YAML file, or the name of a built-in preset in ``presets``: its mapping (the ``quick:`` overrides still in
+    it) and the path read. ``what`` names the file in errors, ``command`` is where to read about it."""
+    path = Path(source)
+    if not path.exists():
+        names = preset_names(presets)
+        if str(source) not in names:
+            raise InvalidInputError(f"{source} is neither a {what} YAML file nor a built-in preset "
+                                    f"({', '.join(names)}); see `{command} --help`.")
+        path = presets / f"{source}.yaml"
+    return read_yaml_mapping(path, what), path

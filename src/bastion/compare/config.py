@@ -24,7 +24,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bastion.errors import InvalidInputError, config_errors
-from bastion.yamlfile import read_yaml_mapping
+from bastion.yamlfile import preset_names as yaml_presets
+from bastion.yamlfile import read_preset
 
 PRESETS = Path(__file__).parent / "presets"
 TRAINED = ("standard", "pgd-at", "fast-at", "trades", "mart", "awp")
@@ -151,19 +152,13 @@ def spec_hash(*parts: Any) -> str:
 
 
 def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESETS.glob("*.yaml") if not p.stem.endswith("-quick"))
+    return yaml_presets(PRESETS)
 
 
 def load_compare(source: str | Path, *, quick: bool = False) -> CompareConfig:
     """A YAML file, or the name of a built-in preset (``mnist``, ``fashion-mnist``); ``quick`` applies the
     preset's ``-quick`` overrides (or, for a file, its top-level ``quick:`` mapping)."""
-    path = Path(source)
-    if not path.exists():
-        if str(source) not in preset_names():
-            raise InvalidInputError(f"{source} is neither a compare YAML file nor a built-in preset "
-                                    f"({', '.join(preset_names())}); see `bastion compare --help`.")
-        path = PRESETS / f"{source}.yaml"
-    data = read_yaml_mapping(path, "comparison (docs/COMPARE.md)")
+    data, path = read_preset(source, PRESETS, "comparison (docs/COMPARE.md)", "bastion compare")
     overrides = data.pop("quick", None) or {}
     if quick:
         data = _merge(data, overrides)

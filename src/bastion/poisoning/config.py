@@ -16,7 +16,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bastion.errors import InvalidInputError, config_errors
-from bastion.yamlfile import read_yaml_mapping
+from bastion.yamlfile import preset_names as yaml_presets
+from bastion.yamlfile import read_preset
 
 PRESETS = Path(__file__).parent / "presets"
 NONE = "none"
@@ -129,18 +130,12 @@ def spec_hash(*parts: Any) -> str:
 
 
 def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESETS.glob("*.yaml"))
+    return yaml_presets(PRESETS)
 
 
 def load_poison(source: str | Path, *, quick: bool = False) -> PoisonConfig:
     """A YAML file or a built-in preset (``mnist``, ``fashion-mnist``); ``quick`` applies its ``quick:`` overrides."""
-    path = Path(source)
-    if not path.exists():
-        if str(source) not in preset_names():
-            raise InvalidInputError(f"{source} is neither a poisoning YAML file nor a built-in preset "
-                                    f"({', '.join(preset_names())}); see `bastion poison run --help`.")
-        path = PRESETS / f"{source}.yaml"
-    data = read_yaml_mapping(path, "poisoning matrix (docs/POISONING.md)")
+    data, path = read_preset(source, PRESETS, "poisoning matrix (docs/POISONING.md)", "bastion poison run")
     overrides = data.pop("quick", None) or {}
     if quick:
         data = {**data, **overrides, "name": f"{data.get('name', 'poison')}-quick"}

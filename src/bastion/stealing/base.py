@@ -131,7 +131,11 @@ class QueryAPI:
             self.diverged = True
             return None
         self.replayed += int(x.shape[0])
-        return replay.answers[i].to(x.device)
+        answer = replay.answers[i].to(x.device)
+        self.answers = "probs" if answer.dim() == 2 else "labels"
+        if answer.dim() == 2:
+            self.num_classes = int(answer.shape[1])
+        return answer
 
     def _ask(self, x: Tensor) -> Tensor:
         with torch.no_grad():
