@@ -88,6 +88,18 @@ def _poison_yaml(change: dict) -> Callable[[Path, Path], list[str]]:
     return build
 
 
+STEAL = {"name": "s", "budget": 100, "test_size": 20, "val_size": 20, "pool_size": 200, "thief": {"epochs": 1},
+         "attacks": [{"name": "knockoff-random"}], "benign_clients": 1, "benign_queries": 10, "transfer": {"points": 0}}
+
+
+def _steal_yaml(change: dict, *extra: str) -> Callable[[Path, Path], list[str]]:
+    def build(tmp: Path, ckpt: Path) -> list[str]:
+        return ["steal", "run", *_yaml_file("", STEAL | change)(tmp, ckpt)[1:], "--store", str(tmp / "s.sqlite"),
+                "--workdir", str(tmp / "w"), *extra]
+
+    return build
+
+
 def _home_is_a_file(tmp: Path, ckpt: Path) -> list[str]:
     (tmp / "home").write_text("not a folder")
     return ["runs", "list", "--env-home", str(tmp / "home")]
@@ -156,6 +168,15 @@ CASES: list[tuple[str, Callable[[Path, Path], list[str]], str]] = [
      "target class 10 is out of range"),
     ("poison defense asked for test data", _poison_yaml({"attacks": [{"name": "badnets"}], "defenses": [
         {"name": "none", "params": {"tune_on": "test"}}]}), "asks for test data"),
+    # model stealing (issue 22): each refused before any query
+    ("steal budget of 0", _steal_yaml({"budget": 0}), "a query budget of 0 allows no query"),
+    ("steal pool of another shape", _steal_yaml({"pool": "digits"}),
+     "The pool 'digits' has inputs of shape 1x8x8 but the victim takes 1x28x28"),
+    ("steal target that does not answer", _steal_yaml({}, "--target", "http://127.0.0.1:9/predict"),
+     "http://127.0.0.1:9/predict"),
+    ("steal defense before a remote target", _steal_yaml({"target": "http://127.0.0.1:9/p",
+                                                          "defenses": [{"name": "top1"}]}),
+     "list only the defense `none` with `target`"),
     # the store and its home
     ("damaged store", _damaged_store, "is damaged ("),
     ("store path inside a file", _args("runs", "list", "--store", "{tmp}/file.txt/s.sqlite"), "cannot be created"),

@@ -28,7 +28,11 @@ def __getattr__(name: str) -> Any:
         from bastion.poisoning.api import poison
 
         return poison
+    if name == "steal":
+        from bastion.stealing.api import steal
+
+        return steal
     raise AttributeError(f"module 'bastion' has no attribute {name!r}")
 
 
-__all__ = ["BastionError", "LpThreat", "Report", "__version__", "attack", "certify", "evaluate", "poison"]
+__all__ = ["BastionError", "LpThreat", "Report", "__version__", "attack", "certify", "evaluate", "poison", "steal"]

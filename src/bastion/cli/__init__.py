@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from bastion.cli import adv_train, certify, compare, data, defend, evaluate, models, poison, runs, sweep
+from bastion.cli import adv_train, certify, compare, data, defend, evaluate, models, poison, runs, steal, sweep
 
 app = typer.Typer(help="bastion: measure and improve the adversarial robustness of deep-learning models.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -26,6 +26,7 @@ certify.register(app)  # certify, certify-train
 app.add_typer(defend.defend_app, name="defend")
 app.command("compare")(compare.compare_cmd)
 app.add_typer(poison.poison_app, name="poison")
+app.add_typer(steal.steal_app, name="steal")
 
 
 def main() -> None:

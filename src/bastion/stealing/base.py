@@ -246,12 +246,13 @@ class ThiefView:
 @dataclass(frozen=True)
 class DefenseContext:
     """What a defender builds its defenses with: its own in-distribution data (the victim's validation split,
-    labelled), the victim's spec and a generator. Never the thief's queries or pool."""
+    labelled), the victim's spec, a generator and the victim itself. Never the thief's queries or pool."""
 
     data: Tensor
     labels: Tensor
     spec: VictimSpec
     generator: torch.Generator
+    victim: nn.Module | None = None  # the model the defender deploys (detectors may read its predicted classes)
 
 
 class Detector(Protocol):
