@@ -103,3 +103,24 @@ def test_a_target_that_stops_answering_keeps_the_copy_and_the_curve(tmp_path: Pa
     c = report.cell("knockoff-random")
     assert c["replayed_queries"] == 200 and [p["queries"] for p in c["curve"]] == [200, 400]
     assert healthy.asked == 100 + 200  # the world's test labels, then only the unanswered queries
+
+
+def test_a_users_own_model_is_a_victim_from_the_command_line(tmp_path: Path) -> None:
+    import yaml
+    from safetensors.torch import save_file
+    from typer.testing import CliRunner
+
+    from bastion.cli import app
+
+    (tmp_path / "mine.py").write_text("from torch import nn\n\ndef make():\n"
+                                      "    return nn.Sequential(nn.Flatten(), nn.Linear(784, 10))\n")
+    linear = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    save_file(linear.state_dict(), str(tmp_path / "w.safetensors"))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({**SMALL, "budget": 200, "checkpoints": []}))
+    result = CliRunner().invoke(app, ["steal", "run", str(tmp_path / "c.yaml"), "--victim",
+                                      f"{tmp_path / 'mine.py'}:make", "--weights", str(tmp_path / "w.safetensors"),
+                                      "--store", str(tmp_path / "s.sqlite"), "--out", str(tmp_path / "r")],
+                                 env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    summary = Store(tmp_path / "s.sqlite").get_run(result.output.split("steal run ")[1].split()[0]).summary
+    assert summary["victim"].endswith("mine.py:make") and (tmp_path / "r" / "steal.html").exists()
