@@ -242,12 +242,15 @@ class ThiefView:
 @dataclass(frozen=True)
 class DefenseContext:
     """What a defender builds its defenses with: its own in-distribution data (the victim's validation split,
-    labelled), the victim's spec and a generator. Never the thief's queries or pool."""
+    labelled), the victim's spec and a generator. Never the thief's queries or pool. ``victim``: the deployed
+    model itself, for the detectors that need its predicted class (PRADA); None where a detector is built
+    without it."""
 
     data: Tensor
     labels: Tensor
     spec: VictimSpec
     generator: torch.Generator
+    victim: nn.Module | None = None
 
 
 class Detector(Protocol):
