@@ -5,7 +5,7 @@
 Defenses (defaults, built with the MNIST validation split as the defender's data) wrap the shipped ``mnist-cnn``;
 honest accuracy is the defended model's top-1 accuracy on the first ``n`` MNIST test images next to the bare
 victim's, with the seconds the defense took to answer them. Detectors (defaults) see a JBDA stream (100 MNIST
-training images as seeds, ``rounds`` doublings, lambda 0.1; tests/stealing/streams.py) and 2,000 MNIST test images
+training images as seeds, ``rounds`` doublings, lambda 0.1; tests/stealing/streams.py) and 5,000 MNIST test images
 in order; the script prints the queries to the first flag of each (None: never). Single-threaded.
 """
 
@@ -50,7 +50,7 @@ def main() -> None:
         labels = predict(defended, x, batch_size=len(x))
         rows[name] = {"accuracy": agreement(labels, y), "build_s": round(built - start, 2),
                       "answer_s": round(time.perf_counter() - built, 2)}
-    streams = {"jbda": jbda_stream(victim, mnist.train.x[:100], rounds=args.rounds), "natural": test.x[:2000]}
+    streams = {"jbda": jbda_stream(victim, mnist.train.x[:100], rounds=args.rounds), "natural": test.x[:5000]}
     for name in DETECTORS.names():
         rows[f"detector:{name}"] = {k: first_flag(DETECTORS.get(name).fn(ctx()), s) for k, s in streams.items()}
     print(json.dumps(rows, indent=1))
