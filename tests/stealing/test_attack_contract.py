@@ -1,6 +1,7 @@
 """Every registered extraction attack keeps the contract: it stays within its budget (the API refuses a query past
-it, so an attack that asks too many fails here), it is deterministic for a seed, and it runs on a victim that
-answers labels only, where its copy is built from labels."""
+it, so an attack that asks too many fails here), it is deterministic for a seed (and draws from the view's
+generator, so another seed asks other queries), and it runs on a victim that answers labels only, where its copy is
+built from labels."""
 
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ def test_budget_determinism_and_labels(name, victim, data, make_view, tiny_recip
     assert 0 < first.api.used <= BUDGET
     again = attack(name, victim, make_view, tiny_recipe)
     assert again.api.transcript.digests == first.api.transcript.digests  # the same queries, batch by batch
+    other = attack(name, victim, make_view, tiny_recipe, seed=1)
+    assert other.api.transcript.digests != first.api.transcript.digests  # the view's generator drives the draws
 
     labels = attack(name, lambda x: victim(x).argmax(1), make_view, tiny_recipe)
     assert labels.answers == "labels" and 0 < labels.api.used <= BUDGET
