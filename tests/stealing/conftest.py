@@ -64,3 +64,8 @@ def make_view(data: Data, cheap_recipe: CopyRecipe) -> Callable[..., ThiefView]:
 @pytest.fixture
 def defense_context(data: Data) -> DefenseContext:
     return DefenseContext(data.val.x, data.val.y, SPEC, torch.Generator().manual_seed(0))
+
+
+def rows_of(x: Tensor, data: Tensor) -> tuple[Tensor, Tensor]:
+    """For each row of ``x``: the distance to the nearest row of ``data`` (0 for a copy of one) and its index."""
+    return torch.cdist(x.flatten(1), data.flatten(1), compute_mode="donot_use_mm_for_euclid_dist").min(1)

@@ -66,3 +66,14 @@ def test_replay_answers_without_asking_and_notices_divergence(victim, data) -> N
     assert calls == [] and again.replayed == 10
     again.query(data.pool[30:40])  # not what was asked before: asked of the victim
     assert calls == [10] and again.diverged and again.used == 20
+
+
+def test_a_proposed_solver_makes_the_checkpoint_copy(victim, data, make_view) -> None:
+    made, solved = [], []
+    view = make_view(victim, 20, checkpoints=(10,))
+    view.on_checkpoint = lambda q, x, a: made.append(view.copy(x, a))
+    assert isinstance(view.copy(data.pool[:0], torch.zeros(0)), torch.nn.Module)  # no proposal: the recipe's copy
+    solution = torch.nn.Identity()
+    view.propose(lambda x, a: solved.append((x.shape[0], tuple(a.shape))) or solution)
+    view.ask(data.pool[:12])
+    assert made == [solution] and solved == [(10, (10, 10))]  # solved on what was answered at the checkpoint

@@ -5,8 +5,8 @@
   batch that would pass it is refused whole with ``QueryBudgetExceeded`` before anything is sent.
 * An extraction attack is ``fn(view: ThiefView, *, param=default, ...) -> None``. It spends the budget through
   ``view.ask(x)``; the view keeps what was asked and answered and, each time the query count reaches one of the
-  budget's checkpoints, scores a copy trained on everything answered so far (:mod:`bastion.stealing.copy`). The
-  attack only decides *what* to ask.
+  budget's checkpoints, scores a copy trained on everything answered so far (:mod:`bastion.stealing.copy`), or
+  made by the attack's own solver when it proposed one (``view.propose``). The attack only decides *what* to ask.
 * An output defense is ``fn(victim: nn.Module, ctx: DefenseContext, *, param=default, ...) -> nn.Module``: a module
   that wraps the victim and answers perturbed probabilities or labels (its ``answers`` attribute says which). It
   is what is deployed, so honest users see the same answers as the thief.
@@ -173,7 +173,8 @@ class ThiefView:
     domain, or noise); ``seed``: a few unlabeled problem-domain inputs (for the attacks that start from a seed set);
     ``pool_labels``: the pool's own coarse labels when it has them (KnockoffNets' adaptive strategy uses them as
     actions), else None; ``fit(x, answers)``: the thief's training recipe (a fresh copy trained on answered
-    queries); ``checkpoints``: the query counts at which ``on_checkpoint`` is told what was answered so far."""
+    queries); ``checkpoints``: the query counts at which ``on_checkpoint`` is told what was answered so far; it
+    scores ``copy(x, answers)``, which is ``fit`` unless the attack made its own copy with :meth:`propose`."""
 
     api: QueryAPI
     pool: Tensor
@@ -184,6 +185,7 @@ class ThiefView:
     pool_labels: Tensor | None = None
     checkpoints: tuple[int, ...] = ()
     on_checkpoint: Checkpoint | None = None
+    solver: Callable[[Tensor, Tensor], nn.Module] | None = None
     inputs: list[Tensor] = field(default_factory=list)
     replies: list[Tensor] = field(default_factory=list)
     _next: int = 0
@@ -214,6 +216,16 @@ class ThiefView:
             start = stop
             self._maybe_checkpoint()
         return torch.cat(out) if out else x.new_zeros(0)
+
+    def propose(self, solve: Callable[[Tensor, Tensor], nn.Module]) -> None:
+        """Hand over how this attack makes its copy: ``solve(x, answers) -> model`` on everything answered so far
+        (a closed-form solution, or the recipe on hard labels); :meth:`copy` uses it instead of ``fit``. A function,
+        not a model, because a checkpoint is reached inside :meth:`ask`, before the attack sees those answers."""
+        self.solver = solve
+
+    def copy(self, x: Tensor, answers: Tensor) -> nn.Module:
+        """The copy a checkpoint scores: the attack's proposed ``solve(x, answers)``, else ``fit(x, answers)``."""
+        return (self.solver or self.fit)(x, answers)
 
     def answered(self) -> tuple[Tensor, Tensor]:
         """All inputs asked so far and their answers."""
