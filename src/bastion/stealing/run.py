@@ -255,14 +255,15 @@ def run_cell(config: StealConfig, store: Store, attack: Entry, defense: Entry, w
     module = deployed(config, world, defense)
     measured = {int(r["step"]) for r in store.metrics(run_id, "fidelity")}
     api = QueryAPI(module, budget=config.budget, replay=load_transcript(folder))
-    spent = {"copy": 0.0}
+    spent: dict[str, Any] = {"copy": 0.0, "last": None}
 
     def score(queries: int, x: Tensor, answers: Tensor) -> None:
         if queries in measured:
             return
         started = time.perf_counter()
-        copy = recipe.fit(x, answers, world.spec)
+        copy = view.copy(x, answers)  # the thief's recipe, or the attack's own solver
         spent["copy"] += time.perf_counter() - started
+        spent["last"] = copy
         pred = predict(copy, world.test.x)
         save_file(copy.state_dict(), str(folder / "copy.safetensors"))
         save_transcript(api.transcript, folder)
@@ -291,19 +292,9 @@ def run_cell(config: StealConfig, store: Store, attack: Entry, defense: Entry, w
             "command again to resume without asking the answered queries again.") from None
     attack_seconds = time.perf_counter() - started - spent["copy"]
     save_transcript(api.transcript, folder)
-    copy = _last_copy(recipe, world.spec, folder, view)
+    copy = spent["last"] if spent["last"] is not None else view.copy(*view.answered())
     store.finish_run(run_id, _cell_summary(config, world, attack, defense, view, copy, module, attack_seconds))
     return run_id
-
-
-def _last_copy(recipe: CopyRecipe, spec: VictimSpec, folder: Path, view: ThiefView) -> nn.Module:
-    """The copy of the last checkpoint (trained again if its file is gone)."""
-    path = folder / "copy.safetensors"
-    if not path.exists():
-        return recipe.fit(*view.answered(), spec)
-    copy = recipe.build(spec)
-    copy.load_state_dict(load_file(str(path)))
-    return copy.eval()
 
 
 def _cell_summary(config: StealConfig, world: World, attack: Entry, defense: Entry, view: ThiefView,
