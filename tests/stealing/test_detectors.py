@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import statistics
 
+import numpy as np
 import pytest
 import torch
+from scipy import sparse
 from tests.stealing.streams import jbda_stream, trnd_stream
 from torch import nn
 
@@ -57,13 +59,29 @@ def streams(victim, mnist) -> dict[str, torch.Tensor]:
             "natural-shuffled": mnist.test.x[order[:NATURAL]], "natural-in-order": mnist.test.x[:NATURAL]}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # the detectors run many small tensor operations, one query at a time: on a shared machine, threads only wait
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def honest_queries(name: str) -> int:
+    # PRADA runs a Shapiro-Wilk test after every query, so its time grows with the square of a client's length:
+    # it sees the first 2,000 here (bench/steal_defense_cost.py runs it on 5,000 in file order)
+    return 2000 if name == "prada" else NATURAL
+
+
 @pytest.fixture(scope="module")
 def flags(ctx, streams) -> dict[str, dict[str, int | None]]:
     """Queries to the first flag of each detector (defaults) on each stream (None: never)."""
-    return {name: {s: first_flag(make(name, ctx), x) for s, x in streams.items()} for name in DETECTORS.names()}
+    return {name: {s: first_flag(make(name, ctx), x if s in THIEVES else x[:honest_queries(name)])
+                   for s, x in streams.items()} for name in DETECTORS.names()}
 
 
-# the acceptance test: flag each thief within its 1,600 queries, no honest client within 5,000 -------------------
+# the acceptance test: flag each thief within its 1,600 queries, no honest client within 5,000 (PRADA: 2,000) ------
 # Blacklight does not meet it on MNIST (see its module docstring); its row records what it does.
 BLACKLIGHT = {"jbda": True, "t-rnd": False, "natural-shuffled": True, "natural-in-order": True}
 
@@ -112,28 +130,35 @@ def test_blacklight_paper_threshold_false_alarm_is_a_near_duplicate_pair_of_ones
 
 
 def _best_matches(det, x: torch.Tensor) -> list[int]:
-    """Each point's most hashes shared with one earlier point, by brute force over the fingerprints."""
-    prints = [set(f.tolist()) for f in det.fingerprint(x)]
-    return [max((len(p & q) for q in prints[:i]), default=0) for i, p in enumerate(prints)]
+    """Each point's most hashes shared with one earlier point: every pair's count, from a point-by-hash matrix."""
+    prints = det.fingerprint(x)
+    _, columns = np.unique(np.concatenate(prints), return_inverse=True)
+    rows = np.repeat(np.arange(len(prints)), [len(p) for p in prints])
+    member = sparse.csr_matrix((np.ones(len(rows)), (rows, columns)))
+    shared = np.tril((member @ member.T).toarray(), k=-1)  # shared[i, j]: hashes of i also in j < i
+    return shared.max(axis=1).astype(int).tolist()
 
 
 def test_blacklight_calibrates_on_the_defenders_data(ctx) -> None:
     det = make("blacklight", ctx)
-    best = _best_matches(det, ctx.data)
-    assert det.threshold == max(25, max(best) + 1)  # fpr = 0: above every defender point, never below 25
-    loose = make("blacklight", ctx, fpr=0.01)  # at most 10 of the 1,000 reach it
-    assert sum(b >= loose.threshold for b in best) <= 10
-    assert loose.threshold == 25 or sum(b >= loose.threshold - 1 for b in best) > 10
-    assert make("blacklight", ctx, threshold=25).threshold == 25
+    assert det.threshold == max(25, max(_best_matches(det, ctx.data)) + 1)  # fpr = 0: above every defender point
+    assert make("blacklight", ctx, threshold=25).threshold == 25  # an explicit threshold is kept
 
 
-def test_blacklight_threshold_stays_within_the_fingerprint(data) -> None:
-    x = data.test.x[:20]
+def test_blacklight_calibration_allows_fpr_of_the_defenders_points(ctx) -> None:
+    x = torch.cat([ctx.data[:300], ctx.data[:3]])  # three exact copies: they share all 50 hashes
+    copies = DefenseContext(x, torch.zeros(303), SPEC, torch.Generator().manual_seed(0))
+    best = _best_matches(make("blacklight", copies, threshold=25), x)
+    assert make("blacklight", copies).threshold == 50  # fpr = 0 cannot clear the copies: capped at top
+    loose = make("blacklight", copies, fpr=0.01).threshold  # 3 of 303 may reach it: the copies
+    assert loose < 50 and sum(b >= loose for b in best) <= 3
+    assert loose == 25 or sum(b >= loose - 1 for b in best) > 3  # and it is the smallest such count
+
+
+def test_blacklight_threshold_is_never_below_the_papers() -> None:
     noise = torch.rand(30, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     spread = DefenseContext(noise, torch.zeros(30), SPEC, torch.Generator().manual_seed(0))
     assert make("blacklight", spread).threshold == 25  # noise shares few hashes: the paper's 25 stays
-    twice = DefenseContext(torch.cat([x, x]), torch.zeros(40), SPEC, torch.Generator().manual_seed(0))
-    assert make("blacklight", twice).threshold == 50  # exact copies share all 50: capped at top
 
 
 # stateful kNN at the paper's settings, for the record ------------------------------------------------------------
@@ -143,11 +168,11 @@ PAPER_KNN = {"k": 50, "fpr": 0.001, "window": 1, "votes": 1, "history": 10**9}
 def test_stateful_knn_paper_settings_fail_on_mnist(victim, ctx, streams, mnist) -> None:
     # calibrated on the defender's 1,000 points, the paper's single-query rule flags an honest client ...
     assert first_flag(make("stateful-knn", ctx, **PAPER_KNN), streams["natural-in-order"]) is not None
-    # ... and calibrated on 10,000 it misses the thief: k = 50 earlier queries reach past a JBDA family (16
-    # members after 4 rounds) to ordinary neighbours
-    val = mnist.val
-    big = DefenseContext(val.x, val.y, SPEC, torch.Generator().manual_seed(0), victim=victim)
-    assert first_flag(make("stateful-knn", big, **PAPER_KNN), streams["jbda"]) is None
+    # ... and calibrated on 3,000 it already misses the thief: k = 50 earlier queries reach past a JBDA family
+    # (16 members after 4 rounds) to ordinary neighbours
+    val = mnist.val.take(3000)
+    more = DefenseContext(val.x, val.y, SPEC, torch.Generator().manual_seed(0), victim=victim)
+    assert first_flag(make("stateful-knn", more, **PAPER_KNN), streams["jbda"]) is None
 
 
 # PRADA -----------------------------------------------------------------------------------------------------------
@@ -249,9 +274,9 @@ def test_blacklight_flags_copies_and_near_copies(ctx, data) -> None:
 def test_blacklight_hashes_window_content(ctx, data) -> None:
     x = data.test.x[:1].flatten(1)
     shifted = torch.roll(x, 1, dims=1)  # every window reappears one position later
-    plain = make("blacklight", ctx, salt=False)
+    plain = make("blacklight", ctx, salt=False, threshold=25)
     a, b = plain.fingerprint(x.view(1, 1, 28, 28))[0], plain.fingerprint(shifted.view(1, 1, 28, 28))[0]
     assert len(set(a.tolist()) & set(b.tolist())) >= 45
-    salted = make("blacklight", ctx)  # the salt makes a window's hash depend on where it is
+    salted = make("blacklight", ctx, threshold=25)  # the salt makes a window's hash depend on where it is
     a, b = salted.fingerprint(x.view(1, 1, 28, 28))[0], salted.fingerprint(shifted.view(1, 1, 28, 28))[0]
     assert len(set(a.tolist()) & set(b.tolist())) < 25

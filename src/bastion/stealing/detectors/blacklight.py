@@ -37,6 +37,7 @@ On MNIST it does not meet the issue's criterion, at either threshold (tests/stea
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 
 import numpy as np
@@ -111,20 +112,33 @@ class Blacklight:
 
 
 PAPER_THRESHOLD = 25  # of the top 50 hashes
+_CALIBRATED: dict[str, int] = {}  # one calibration per (service secret, settings, defender data), not per client
 
 
 def calibrated_threshold(fingerprint: Fingerprinter, data: Tensor, fpr: float) -> int:
     """The smallest count, from the paper's 25 up to ``top``, that at most ``fpr`` of ``data``'s points reach
     when streamed as one client (each point's most hashes shared with one earlier point)."""
-    client = Blacklight(fingerprint, fingerprint.top + 1)
-    matches = np.zeros(fingerprint.top + 2, dtype=np.int64)
-    for hashes in fingerprint(data):
-        matches[client.best_match(hashes)] += 1
-        client.remember(hashes)
-    reaching = np.cumsum(matches[::-1])[::-1]  # reaching[t]: points sharing >= t hashes with an earlier one
-    allowed = int(np.floor(fpr * data.shape[0]))
-    fits = [t for t in range(min(PAPER_THRESHOLD, fingerprint.top), fingerprint.top + 1) if reaching[t] <= allowed]
-    return fits[0] if fits else fingerprint.top
+    key = _calibration_key(fingerprint, data, fpr)
+    if key not in _CALIBRATED:
+        client = Blacklight(fingerprint, fingerprint.top + 1)
+        matches = np.zeros(fingerprint.top + 2, dtype=np.int64)
+        for hashes in fingerprint(data):
+            matches[client.best_match(hashes)] += 1
+            client.remember(hashes)
+        reaching = np.cumsum(matches[::-1])[::-1]  # reaching[t]: points sharing >= t hashes with an earlier one
+        allowed = int(np.floor(fpr * data.shape[0]))
+        top = fingerprint.top
+        fits = [t for t in range(min(PAPER_THRESHOLD, top), top + 1) if reaching[t] <= allowed]
+        _CALIBRATED[key] = fits[0] if fits else top
+    return _CALIBRATED[key]
+
+
+def _calibration_key(fingerprint: Fingerprinter, data: Tensor, fpr: float) -> str:
+    h = hashlib.sha256(repr((fingerprint.bounds, fingerprint.window, fingerprint.stride, fingerprint.quantization,
+                             fingerprint.top, int(fingerprint.key), tuple(data.shape), fpr)).encode())
+    for part in (fingerprint.coeffs, fingerprint.salt, data.detach().cpu().float().contiguous().numpy()):
+        h.update(np.ascontiguousarray(part).tobytes())
+    return h.hexdigest()
 
 
 @register_detector("blacklight", paper="Li et al. 2022, Blacklight")
