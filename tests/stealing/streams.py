@@ -4,6 +4,9 @@
   against Machine Learning"): it sends its seed images, then, each round, trains its local model on everything
   answered so far and sends ``x + lam * sign(d F_local(x)[victim's label] / dx)``, clipped to the box, for every
   ``x`` it holds, so the set doubles each round.
+* ``trnd_stream``: its T-RND variant (Juuti et al. 2019, PRADA): the same rounds, but each step follows the
+  local model's gradient for a class drawn at random (uniformly among the other classes than the victim's label
+  of ``x``), a targeted step towards that class.
 * natural streams are plain slices of a data set (e.g. MNIST test images in order).
 """
 
@@ -42,13 +45,31 @@ def jacobian_step(model: nn.Module, x: Tensor, y: Tensor, lam: float) -> Tensor:
 def jbda_stream(victim: nn.Module, seed: Tensor, rounds: int, *, lam: float = 0.1, steps: int = 30,
                 generator_seed: int = 0) -> Tensor:
     """The queries a JBDA thief sends, in order: ``len(seed) * 2**rounds`` of them."""
+    return _augmenting_stream(victim, seed, rounds, lam, steps, generator_seed, random_target=False)
+
+
+def trnd_stream(victim: nn.Module, seed: Tensor, rounds: int, *, lam: float = 0.1, steps: int = 30,
+                generator_seed: int = 0) -> Tensor:
+    """The queries a T-RND thief sends, in order: ``len(seed) * 2**rounds`` of them."""
+    return _augmenting_stream(victim, seed, rounds, lam, steps, generator_seed, random_target=True)
+
+
+def random_other_class(labels: Tensor, num_classes: int, generator: torch.Generator) -> Tensor:
+    """A class drawn uniformly among the ``num_classes - 1`` others than each label."""
+    offset = torch.randint(1, num_classes, labels.shape, generator=generator)
+    return (labels + offset) % num_classes
+
+
+def _augmenting_stream(victim: nn.Module, seed: Tensor, rounds: int, lam: float, steps: int, generator_seed: int,
+                       *, random_target: bool) -> Tensor:
     generator = torch.Generator().manual_seed(generator_seed)
     local = init_model(lambda: build_model("cnn", tuple(seed.shape[1:]), 10, width=8, hidden=64), generator_seed)
     held, labels = seed, predict(victim, seed)
     sent = [seed]
     for _ in range(rounds):
         _train(local, held, labels, steps, generator)
-        new = jacobian_step(local, held, labels, lam)
+        toward = random_other_class(labels, 10, generator) if random_target else labels
+        new = jacobian_step(local, held, toward, lam)
         sent.append(new)
         held, labels = torch.cat([held, new]), torch.cat([labels, predict(victim, new)])
     return torch.cat(sent)

@@ -15,13 +15,29 @@ content-determined pseudo-random sample, which this gives without a Python call 
 coefficients are the service's secret, drawn from a copy of the context's generator (every client of one context
 gets the same ones). A flagged client stays flagged.
 
-On MNIST, natural test data holds near-duplicate 1s (L2 1.3 to 1.9 apart) that share 25 or more of their 50
-hashes, so at the paper's settings an honest client sending MNIST test images is flagged within a few hundred
-queries, as soon as a JBDA thief is (tests/stealing/test_detectors.py).
+``threshold=None`` (the default) calibrates it on the defender's own data, as the paper sets its threshold for
+a low false-positive rate on benign queries: the defender's points, streamed as one client, each get the most
+hashes they share with one earlier point; the threshold is the smallest count that at most a fraction ``fpr``
+(default 0: none) of them reach, never below the paper's 25 and at most ``top``. An int ``threshold`` is used
+as given (the paper's 25).
+
+On MNIST it does not meet the issue's criterion, at either threshold (tests/stealing/test_detectors.py):
+
+* natural test data holds near-duplicate 1s (L2 1.3 to 1.9 apart) that share 25 or more of their 50 hashes, so
+  at the paper's 25 an honest client sending MNIST test images is flagged within a few hundred queries; the
+  defender's 1,000 validation points share at most 25, so the calibrated threshold is 26, which honest clients
+  of a few thousand test images still reach (their pairs outnumber the defender's many times over);
+* the fingerprint does not see a JBDA step: ``lam = 0.1`` moves about half of all pixels, background included,
+  by half a quantisation step, which changes nearly every 20-value window, so a JBDA child shares a median of
+  about 0 of its 50 hashes with its parent while two unrelated MNIST digits share about 8 (their constant
+  background windows). The JBDA queries it does match are near-copies (a seed stepped again, the same way, in a
+  later round), as rare as an honest client's near-duplicate pairs; T-RND, whose steps go to a random class,
+  makes none.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 
 import numpy as np
@@ -81,29 +97,66 @@ class Blacklight:
         ids = [i for h in hashes.tolist() for i in self.table.get(h, ())]
         return int(np.bincount(np.asarray(ids, dtype=np.int64)).max()) if ids else 0
 
+    def remember(self, hashes: np.ndarray) -> None:
+        for h in hashes.tolist():
+            self.table[h].append(self.count)
+        self.count += 1
+
     def observe(self, x: Tensor) -> Tensor:
         flags = []
         for hashes in self.fingerprint(x):
             self.flagged = self.flagged or self.best_match(hashes) >= self.threshold
-            for h in hashes.tolist():
-                self.table[h].append(self.count)
-            self.count += 1
+            self.remember(hashes)
             flags.append(self.flagged)
         return torch.tensor(flags, dtype=torch.bool)
 
 
+PAPER_THRESHOLD = 25  # of the top 50 hashes
+_CALIBRATED: dict[str, int] = {}  # one calibration per (service secret, settings, defender data), not per client
+
+
+def calibrated_threshold(fingerprint: Fingerprinter, data: Tensor, fpr: float) -> int:
+    """The smallest count, from the paper's 25 up to ``top``, that at most ``fpr`` of ``data``'s points reach
+    when streamed as one client (each point's most hashes shared with one earlier point)."""
+    key = _calibration_key(fingerprint, data, fpr)
+    if key not in _CALIBRATED:
+        client = Blacklight(fingerprint, fingerprint.top + 1)
+        matches = np.zeros(fingerprint.top + 2, dtype=np.int64)
+        for hashes in fingerprint(data):
+            matches[client.best_match(hashes)] += 1
+            client.remember(hashes)
+        reaching = np.cumsum(matches[::-1])[::-1]  # reaching[t]: points sharing >= t hashes with an earlier one
+        allowed = int(np.floor(fpr * data.shape[0]))
+        top = fingerprint.top
+        fits = [t for t in range(min(PAPER_THRESHOLD, top), top + 1) if reaching[t] <= allowed]
+        _CALIBRATED[key] = fits[0] if fits else top
+    return _CALIBRATED[key]
+
+
+def _calibration_key(fingerprint: Fingerprinter, data: Tensor, fpr: float) -> str:
+    h = hashlib.sha256(repr((fingerprint.bounds, fingerprint.window, fingerprint.stride, fingerprint.quantization,
+                             fingerprint.top, int(fingerprint.key), tuple(data.shape), fpr)).encode())
+    for part in (fingerprint.coeffs, fingerprint.salt, data.detach().cpu().float().contiguous().numpy()):
+        h.update(np.ascontiguousarray(part).tobytes())
+    return h.hexdigest()
+
+
 @register_detector("blacklight", paper="Li et al. 2022, Blacklight")
 def blacklight(ctx: DefenseContext, *, window: int = 20, stride: int = 1, quantization: float = 50.0,
-               top: int = 50, threshold: int = 25, salt: bool = True) -> Blacklight:
+               top: int = 50, threshold: int | None = None, fpr: float = 0.0, salt: bool = True) -> Blacklight:
     """Flag a query sharing ``threshold`` of its ``top`` window hashes with one earlier query (paper: 20, 1, 50,
-    50, 25)."""
-    if not 1 <= threshold <= top:
+    50, 25); ``threshold=None`` calibrates it on the defender's data at ``fpr`` (never below 25)."""
+    if threshold is not None and not 1 <= threshold <= top:
         raise InvalidInputError(f"blacklight: threshold={threshold} must be between 1 and top={top} "
-                                "(paper: 25 of 50).")
+                                "(paper: 25 of 50), or None to calibrate it.")
     if window < 1 or stride < 1 or quantization <= 0:
         raise InvalidInputError(f"blacklight: window={window}, stride={stride} must be >= 1 and "
                                 f"quantization={quantization} > 0 (paper: 20, 1, 50).")
+    if not 0.0 <= fpr < 1.0:
+        raise InvalidInputError(f"blacklight: fpr={fpr} must be in [0, 1) (default 0: no defender point).")
     spec = ctx.spec
-    return Blacklight(Fingerprinter(spec.shape, (spec.lower, spec.upper), window=window, stride=stride,
-                                    quantization=quantization, top=top, salt=salt, generator=service_generator(ctx)),
-                      threshold)
+    fingerprint = Fingerprinter(spec.shape, (spec.lower, spec.upper), window=window, stride=stride,
+                                quantization=quantization, top=top, salt=salt, generator=service_generator(ctx))
+    if threshold is None:
+        threshold = calibrated_threshold(fingerprint, ctx.data, fpr)
+    return Blacklight(fingerprint, threshold)
