@@ -47,10 +47,13 @@ Rows and every difference between the sides:
    attacked by ART's random KnockoffNets (``use_probability=True``) at the same budget: ``ReverseSigmoid`` (beta,
    gamma) for ``reverse-sigmoid``, ``Rounded`` (decimals) for ``rounding``, ``ClassLabels`` for ``top1``. Both
    sides' outputs on the same probabilities (the victim's, on the 2,000 test points) are compared (max absolute
-   difference, argmax agreement). Known differences: bastion's rounding renormalises a row whose rounded entries
-   do not sum to 1 (ART's does not); ART's ``ClassLabels`` sets ``class_labels[:, argmax_of_every_row] = 1``, i.e.
-   every row of a batch gets a 1 at the argmax of *every* row of that batch (ART applies postprocessors to the whole
-   ``predict`` output), which the output check shows on the full batch and one row at a time. ART's
+   difference, argmax agreement), and again with each known cause removed. Known differences: bastion's rounding
+   renormalises a row whose rounded entries do not sum to 1 (ART's does not); ART's reverse sigmoid clips the
+   probabilities to [1e-9, 1 - 1e-9] in their own dtype, and in float32 1 - 1e-9 is 1.0, so a probability of
+   exactly 1 meets log(0) and gets the perturbation's limit beta/2 (bastion computes in float64); ART's
+   ``ClassLabels`` sets ``class_labels[:, argmax_of_every_row] = 1``, i.e. every row of a batch gets a 1 at the
+   argmax of *every* row of that batch (ART applies postprocessors to the whole ``predict`` output), which the
+   output check shows on the full batch and one row at a time. ART's
    ``HighConfidence`` (zero entries under a cutoff, no renormalisation) and ``GaussianNoise`` have no bastion
    counterpart, and bastion's ``top-k``, ``mad`` and ``adaptive-misinformation`` none in ART: those are one-sided.
 3. PRADA (Juuti et al. 2019): bastion's ``prada`` detector at its defaults on the query streams of bastion's
@@ -95,6 +98,7 @@ from common import RESULTS, fmt, machine, setup, versions, write_json
 
 LOG: list[str] = []
 NOT_MERGED = "not run: not merged yet"
+ART_NAMES = {"knockoff": "KnockoffNets random", "copycat": "CopycatCNN"}
 ART_POSTPROCESSORS = {"reverse-sigmoid": "ReverseSigmoid", "rounding": "Rounded", "top1": "ClassLabels"}
 
 # What the PRADA paper reports, as far as the stored copies reachable through the `search` tool show it.
@@ -274,7 +278,7 @@ def row_extraction(ctx: Ctx) -> list[dict[str, Any]]:
     for bastion_name, art_kind in PAIRS:
         for budget in ctx.args.budgets:
             log(f"  {bastion_name} vs ART {art_kind}, {budget} queries")
-            cell: dict[str, Any] = {"attack": bastion_name, "art": art_kind, "budget": budget}
+            cell: dict[str, Any] = {"attack": bastion_name, "art_attack": art_kind, "budget": budget}
             reason = missing(bastion_name)
             if reason:
                 cells.append({**cell, "status": reason})
@@ -337,7 +341,24 @@ def same_outputs(ctx: Ctx, module: nn.Module, pp: Any) -> dict[str, Any]:
     if not np.array_equal(single, full):
         out["max_abs_diff_one_row_at_a_time"] = float(np.abs(single - ours).max())
         out["mean_ones_per_row_full_batch"] = float((full == 1).sum(1).mean())
+    out.update(explained(pp, p, full, ours))
     return out
+
+
+def explained(pp: Any, p: np.ndarray, full: np.ndarray, ours: np.ndarray) -> dict[str, Any]:
+    """Where the outputs differ, the difference once its known cause is removed."""
+    name = type(pp).__name__
+    if name == "ReverseSigmoid":  # ART clips to 1 - 1e-9 in float32, where that is 1.0: log(0) at p = 1
+        p64 = np.asarray(pp(p.astype(np.float64)), dtype=np.float64)
+        return {"rows_with_p_equal_1_in_float32": int((p == 1.0).any(1).sum()),
+                "max_abs_diff_art_fed_float64": float(np.abs(p64 - ours).max())}
+    if name == "Rounded":  # bastion renormalises rows whose rounded entries do not sum to 1
+        total = full.sum(1, keepdims=True)
+        off = np.abs(total - 1.0) > 1e-9
+        renorm = np.where(off, full / total, full)
+        return {"art_rows_not_summing_to_1": int(off.sum()),
+                "max_abs_diff_art_renormalised": float(np.abs(renorm - ours).max())}
+    return {}
 
 
 def honest(ctx: Ctx, answers: Tensor) -> dict[str, float]:
@@ -496,7 +517,7 @@ def md_extraction(doc: dict[str, Any]) -> list[str]:
              "| attack (bastion / ART) | queries | accuracy b / ART | fidelity b / ART | s b / ART | time b/ART |",
              "|---|---|---|---|---|---|"]
     for c in doc["rows"].get("extraction", []):
-        label = f"{c['attack']} / {c['art']}"
+        label = f"{c['attack']} / {ART_NAMES[c['art_attack']]}"
         if c["status"] != "run":
             lines.append(f"| {label} | {c['budget']} | {c['status']} | | | |")
             continue
@@ -531,7 +552,7 @@ def md_defenses(doc: dict[str, Any]) -> list[str]:
         same = r.get("same_outputs")
         same_s = f"{same['max_abs_diff']:.2g}, {pct(same['argmax_agreement'])}%" if same else "-"
         a_run = a.get("status") == "run"
-        lines.append(f"| {r['defense']} {params_s(r['params'])} / {art_name} | {pct(r['accuracy_loss'])} / "
+        lines.append(f"| {r['defense']}{params_s(r['params'])} / {art_name} | {pct(r['accuracy_loss'])} / "
                      f"{pct(a['accuracy_loss']) if a_run else '-'} | {pct(b['fidelity'])} / "
                      f"{pct(a['fidelity']) if a_run else '-'} | {pct(b['fidelity_loss'])} / "
                      f"{pct(a['fidelity_loss']) if a_run else '-'} | {same_s} |")
@@ -539,7 +560,7 @@ def md_defenses(doc: dict[str, Any]) -> list[str]:
 
 
 def params_s(params: dict[str, Any]) -> str:
-    return f"({', '.join(f'{k}={v}' for k, v in params.items())})" if params else ""
+    return f" ({', '.join(f'{k}={v}' for k, v in params.items())})" if params else ""
 
 
 def md_prada(doc: dict[str, Any]) -> list[str]:
@@ -548,7 +569,7 @@ def md_prada(doc: dict[str, Any]) -> list[str]:
         return []
     if p.get("status") != "run":
         return [f"PRADA: {p['status']}"]
-    lines = [f"PRADA {params_s(p['params'])} (bastion only: {p['art']})", "",
+    lines = [f"PRADA{params_s(p['params'])} (bastion only: {p['art']})", "",
              "| client | queries sent (budget) | flagged after |", "|---|---|---|"]
     for name, s in p["streams"].items():
         if s["status"] != "run":
