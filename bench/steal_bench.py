@@ -11,8 +11,11 @@ Shared by both sides: the victim is the zoo's ``mnist-cnn`` (``bastion.zoo.load_
 is the Fashion-MNIST training images (``load_dataset("fashion-mnist").train``, 54,000, a natural pool of another
 domain). The copy (thief) is ``build_model("cnn", (1, 28, 28), 10)`` built by ``CopyRecipe.build`` (seed
 ``--seed``): the same initial weights on both sides (checked and recorded). Training: Adam lr 1e-3, batches of 128,
-``--epochs`` epochs: bastion ``CopyRecipe(epochs=E, min_steps=0)``, ART ``nb_epochs=E, batch_size_fit=128`` with
-an Adam optimizer on the copy's parameters and ``nn.CrossEntropyLoss``. Both sides query in batches of 500.
+E epochs: bastion ``CopyRecipe(epochs=E, min_steps=0)``, ART ``nb_epochs=E, batch_size_fit=128`` with an Adam
+optimizer on the copy's parameters and ``nn.CrossEntropyLoss``. E depends on the budget (``--epochs``, default
+20 at 1k queries, 6 at 5k, 3 at 20k: about 160, 240 and 470 optimizer steps, so that the small budgets' copies are
+not scored after a few dozen steps while the run stays near 20 minutes on 2 cores); it is the same on both sides.
+Both sides query in batches of 500.
 Scores: accuracy on the first 2,000 MNIST test points and fidelity (agreement with the plain victim's labels on
 them). Timing: each side's whole extraction (queries + training the copy; building the copy included; turning the
 pool into a numpy array for ART is done once, outside), one run per cell, the two sides alternated (bastion first
@@ -157,8 +160,11 @@ class Ctx:
         self.pool_np = self.pool.numpy().astype(np.float32)
         self.victim = load_model("mnist-cnn")[0].eval()
         self.victim_labels = predict(self.victim, self.test.x)
-        self.recipe = CopyRecipe(arch="cnn", epochs=args.epochs, min_steps=0, batch_size=128, lr=1e-3,
-                                 seed=args.seed)
+
+    def recipe(self, budget: int) -> CopyRecipe:
+        """The copy's training at ``budget`` queries: the same on both sides."""
+        return CopyRecipe(arch="cnn", epochs=epochs_for(self.args.epochs, budget), min_steps=0, batch_size=128,
+                          lr=1e-3, seed=self.args.seed)
 
     def score(self, model: nn.Module | Callable[[Tensor], Tensor]) -> dict[str, float]:
         pred = predict(model, self.test.x)
@@ -180,7 +186,7 @@ def missing(*names: str) -> str | None:
 def bastion_extract(ctx: Ctx, attack: str, backend: nn.Module, budget: int, *, pool_labels: Tensor | None = None,
                     recipe: CopyRecipe | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Run a registered attack at its paper defaults through a ``QueryAPI`` and train its final copy."""
-    recipe = recipe or ctx.recipe
+    recipe = recipe or ctx.recipe(budget)
     api = QueryAPI(backend, budget=budget)
     view = ThiefView(api, ctx.pool, ctx.seed, ctx.spec, lambda x, a: recipe.fit(x, a, ctx.spec),
                      torch.Generator().manual_seed(ctx.args.seed + 11), pool_labels=pool_labels)
@@ -212,12 +218,12 @@ def art_victim(ctx: Ctx, postprocessor: Any = None) -> tuple[Any, Counter]:
     return clf, counter
 
 
-def art_thief(ctx: Ctx) -> tuple[Any, nn.Module]:
+def art_thief(ctx: Ctx, recipe: CopyRecipe) -> tuple[Any, nn.Module]:
     from art.estimators.classification import PyTorchClassifier
 
-    model = ctx.recipe.build(ctx.spec)
+    model = recipe.build(ctx.spec)
     clf = PyTorchClassifier(model, loss=nn.CrossEntropyLoss(), optimizer=torch.optim.Adam(model.parameters(),
-                                                                                           lr=ctx.recipe.lr),
+                                                                                           lr=recipe.lr),
                             input_shape=ctx.spec.shape, nb_classes=ctx.spec.num_classes,
                             clip_values=(ctx.spec.lower, ctx.spec.upper))
     return clf, model
@@ -227,11 +233,12 @@ def art_extract(ctx: Ctx, kind: str, budget: int, postprocessor: Any = None) -> 
     """ART's ``kind`` ("knockoff", "copycat", "knockoff-adaptive") against the (post-processed) victim."""
     from art.attacks.extraction import CopycatCNN, KnockoffNets
 
+    recipe = ctx.recipe(budget)
     victim, counter = art_victim(ctx, postprocessor)
-    thief, model = art_thief(ctx)
+    thief, model = art_thief(ctx, recipe)
     np.random.seed(ctx.args.seed)
     torch.manual_seed(ctx.args.seed)
-    common = {"batch_size_fit": ctx.recipe.batch_size, "nb_epochs": ctx.recipe.epochs, "nb_stolen": budget}
+    common = {"batch_size_fit": recipe.batch_size, "nb_epochs": recipe.epochs, "nb_stolen": budget}
     if kind == "copycat":
         attack = CopycatCNN(victim, batch_size_query=500, use_probability=False, **common)
         attack.extract(ctx.pool_np, thieved_classifier=thief)
@@ -278,7 +285,8 @@ def row_extraction(ctx: Ctx) -> list[dict[str, Any]]:
     for bastion_name, art_kind in PAIRS:
         for budget in ctx.args.budgets:
             log(f"  {bastion_name} vs ART {art_kind}, {budget} queries")
-            cell: dict[str, Any] = {"attack": bastion_name, "art_attack": art_kind, "budget": budget}
+            cell: dict[str, Any] = {"attack": bastion_name, "art_attack": art_kind, "budget": budget,
+                                    "epochs": ctx.recipe(budget).epochs}
             reason = missing(bastion_name)
             if reason:
                 cells.append({**cell, "status": reason})
@@ -294,7 +302,7 @@ def row_extraction(ctx: Ctx) -> list[dict[str, Any]]:
 def row_adaptive(ctx: Ctx) -> dict[str, Any]:
     budget = min(ctx.args.budgets)
     log(f"row 1b: KnockoffNets adaptive, {budget} queries")
-    out: dict[str, Any] = {"budget": budget}
+    out: dict[str, Any] = {"budget": budget, "epochs": ctx.recipe(budget).epochs}
     reason = missing("knockoff-adaptive")
     out["bastion"] = {"status": reason} if reason else {"status": "run", **timed(
         lambda: bastion_extract(ctx, "knockoff-adaptive", ctx.victim, budget, pool_labels=ctx.pool_labels), ctx)}
@@ -383,7 +391,7 @@ def row_defenses(ctx: Ctx, extraction: list[dict[str, Any]]) -> dict[str, Any]:
     for name in OUTPUT_DEFENSES.names():
         rows.append(defense_row(ctx, name, budget, undefended, len(rows)))
     one_sided_art = ["HighConfidence (cutoff; no renormalisation)", "GaussianNoise"]
-    return {"budget": budget, "undefended_fidelity": undefended, "defenses": rows,
+    return {"budget": budget, "epochs": ctx.recipe(budget).epochs, "undefended_fidelity": undefended, "defenses": rows,
             "bastion_defenses": OUTPUT_DEFENSES.names(), "art_only": one_sided_art}
 
 
@@ -512,17 +520,18 @@ def pct(v: Any) -> str:
 
 
 def md_extraction(doc: dict[str, Any]) -> list[str]:
-    lines = [f"Extraction ({doc['settings']['epochs']} epochs, Adam 1e-3, batch 128; accuracy/fidelity in % on "
-             f"{doc['settings']['test']} MNIST test points; seconds: whole extraction, single-threaded)", "",
-             "| attack (bastion / ART) | queries | accuracy b / ART | fidelity b / ART | s b / ART | time b/ART |",
-             "|---|---|---|---|---|---|"]
+    lines = [f"Extraction (the copy: Adam 1e-3, batch 128, the epochs shown, the same on both sides; accuracy and "
+             f"fidelity in % on {doc['settings']['test']} MNIST test points; seconds: the whole extraction, "
+             "single-threaded)", "",
+             "| attack (bastion / ART) | queries | epochs | accuracy b / ART | fidelity b / ART | s b / ART "
+             "| time b/ART |", "|---|---|---|---|---|---|---|"]
     for c in doc["rows"].get("extraction", []):
         label = f"{c['attack']} / {ART_NAMES[c['art_attack']]}"
         if c["status"] != "run":
-            lines.append(f"| {label} | {c['budget']} | {c['status']} | | | |")
+            lines.append(f"| {label} | {c['budget']} | {c['epochs']} | {c['status']} | | | |")
             continue
         b, a = c["bastion"], c["art"]
-        lines.append(f"| {label} | {c['budget']} | {pct(b['accuracy'])} / {pct(a['accuracy'])} | "
+        lines.append(f"| {label} | {c['budget']} | {c['epochs']} | {pct(b['accuracy'])} / {pct(a['accuracy'])} | "
                      f"{pct(b['fidelity'])} / {pct(a['fidelity'])} | {b['seconds']:.1f} / {a['seconds']:.1f} | "
                      f"{fmt(c['ratio']['seconds'], 2)} |")
     ad = doc["rows"].get("adaptive")
@@ -532,7 +541,8 @@ def md_extraction(doc: dict[str, Any]) -> list[str]:
               else b["status"])
         as_ = (f"{pct(a['accuracy'])} / {pct(a['fidelity'])} / {a['seconds']:.1f} s" if a["status"] == "works"
                else a["status"])
-        lines += ["", f"KnockoffNets adaptive at {ad['budget']} queries (accuracy / fidelity / seconds): "
+        lines += ["", f"KnockoffNets adaptive at {ad['budget']} queries, {ad['epochs']} epochs (accuracy / fidelity / "
+                      "seconds): "
                       f"bastion knockoff-adaptive {bs}; ART adaptive: {as_}"]
     return lines
 
@@ -542,8 +552,8 @@ def md_defenses(doc: dict[str, Any]) -> list[str]:
     if not d:
         return []
     u = d["undefended_fidelity"]
-    lines = [f"Output defenses (knockoff-random thief at {d['budget']} queries; undefended copy's fidelity: bastion "
-             f"{pct(u['bastion'])}%, ART {pct(u['art'])}%; losses in percentage points)", "",
+    lines = [f"Output defenses (knockoff-random thief at {d['budget']} queries, {d['epochs']} epochs; undefended "
+             f"copy's fidelity: bastion {pct(u['bastion'])}%, ART {pct(u['art'])}%; losses in percentage points)", "",
              "| defense (bastion / ART) | honest acc. loss b / ART | thief fidelity b / ART | fidelity loss b / ART "
              "| outputs: max abs diff, argmax agree |", "|---|---|---|---|---|"]
     for r in d["defenses"]:
@@ -594,10 +604,29 @@ def markdown(doc: dict[str, Any]) -> str:
 ROWS = ("extraction", "adaptive", "defenses", "prada")
 
 
+EPOCHS = "1000:20,5000:6,20000:3"
+
+
+def parse_epochs(text: str) -> dict[int, int] | int:
+    if ":" not in text:
+        return int(text)
+    return {int(b): int(e) for b, e in (pair.split(":") for pair in text.split(","))}
+
+
+def epochs_for(epochs: dict[int, int] | int, budget: int) -> int:
+    """The epochs at ``budget``: the given number, or the pair of the largest listed budget not above it."""
+    if isinstance(epochs, int):
+        return epochs
+    listed = [b for b in sorted(epochs) if b <= budget] or [min(epochs)]
+    return epochs[listed[-1]]
+
+
 def parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--budgets", type=lambda s: [int(v) for v in s.split(",")], default=[1000, 5000, 20000])
-    ap.add_argument("--epochs", type=int, default=3, help="the copy's training epochs, both sides")
+    ap.add_argument("--epochs", type=parse_epochs, default=parse_epochs(EPOCHS),
+                    help="the copy's training epochs, the same on both sides: one number for every budget, or "
+                         f"BUDGET:EPOCHS pairs (default {EPOCHS}: about 160, 240 and 470 Adam steps)")
     ap.add_argument("--defense-budget", type=int, default=5000)
     ap.add_argument("--test", type=int, default=2000)
     ap.add_argument("--val", type=int, default=1000, help="the defender's data (MNIST validation split)")
@@ -624,8 +653,9 @@ def main() -> None:
     start, load_start, jobs_start = time.perf_counter(), os.getloadavg(), other_jobs()
     wanted = set(args.rows.split(","))
     ctx = Ctx(args)
-    same_init = all(torch.equal(a, b) for a, b in zip(ctx.recipe.build(ctx.spec).state_dict().values(),
-                                                       art_thief(ctx)[1].state_dict().values(), strict=True))
+    recipe = ctx.recipe(min(args.budgets))
+    same_init = all(torch.equal(a, b) for a, b in zip(recipe.build(ctx.spec).state_dict().values(),
+                                                       art_thief(ctx, recipe)[1].state_dict().values(), strict=True))
     log(f"attacks: {', '.join(STEAL_ATTACKS.names())}; defenses: {', '.join(OUTPUT_DEFENSES.names()) or 'none'}; "
         f"detectors: {', '.join(DETECTORS.names()) or 'none'}; same initial copy on both sides: {same_init}")
     rows: dict[str, Any] = {}
@@ -643,7 +673,9 @@ def main() -> None:
                        "other_jobs_at_start": jobs_start, "other_jobs_at_end": other_jobs()},
            "git": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
            "settings": {"victim": "mnist-cnn", "pool": "fashion-mnist train", "pool_size": int(ctx.pool.shape[0]),
-                        "test": len(ctx.test), "epochs": args.epochs, "thief": "cnn (bastion default)",
+                        "test": len(ctx.test), "epochs": {str(b): epochs_for(args.epochs, b) for b in
+                                                                 sorted({*args.budgets, args.defense_budget})},
+                        "thief": "cnn (bastion default)",
                         "optimizer": "Adam lr 1e-3", "batch": 128, "same_initial_copy": same_init,
                         "victim_accuracy": agreement(ctx.victim_labels, ctx.test.y),
                         "registered": {"attacks": STEAL_ATTACKS.names(), "defenses": OUTPUT_DEFENSES.names(),
