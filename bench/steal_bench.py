@@ -387,6 +387,8 @@ def row_defenses(ctx: Ctx, extraction: list[dict[str, Any]]) -> dict[str, Any]:
                 "art": timed(lambda: art_extract(ctx, "knockoff", budget), ctx)}
     undefended = {"bastion": base["bastion"]["fidelity"], "art": base["art"]["fidelity"]}
     log(f"  undefended fidelity: bastion {undefended['bastion']:.4f}, ART {undefended['art']:.4f}")
+    if not OUTPUT_DEFENSES.names():
+        log(f"  {NOT_MERGED} (no output defense registered)")
     rows = []
     for name in OUTPUT_DEFENSES.names():
         rows.append(defense_row(ctx, name, budget, undefended, len(rows)))
@@ -552,6 +554,9 @@ def md_defenses(doc: dict[str, Any]) -> list[str]:
     if not d:
         return []
     u = d["undefended_fidelity"]
+    if not d["defenses"]:
+        return [f"Output defenses: {NOT_MERGED} (no output defense registered; undefended knockoff-random copy's "
+                f"fidelity at {d['budget']} queries: bastion {pct(u['bastion'])}%, ART {pct(u['art'])}%)"]
     lines = [f"Output defenses (knockoff-random thief at {d['budget']} queries, {d['epochs']} epochs; undefended "
              f"copy's fidelity: bastion {pct(u['bastion'])}%, ART {pct(u['art'])}%; losses in percentage points)", "",
              "| defense (bastion / ART) | honest acc. loss b / ART | thief fidelity b / ART | fidelity loss b / ART "
