@@ -253,6 +253,19 @@ def art_extract(ctx: Ctx, kind: str, budget: int, postprocessor: Any = None) -> 
     return model.eval(), {"queries": counter.rows}
 
 
+def art_targets(ctx: Ctx) -> dict[str, Any]:
+    """What ART's thief trains on: probability rows kept as soft targets, one-hot rows reduced to indices (so its
+    ``nn.CrossEntropyLoss`` is bastion's ``F.cross_entropy`` on the same targets)."""
+    clf, _ = art_thief(ctx, ctx.recipe(min(ctx.args.budgets)))
+    with torch.no_grad():
+        p = as_probabilities(ctx.victim(ctx.pool[:256])).numpy()
+    hard = np.eye(ctx.spec.num_classes, dtype=np.float32)[p.argmax(1)]
+    soft_kept = np.array_equal(np.asarray(clf.reduce_labels(p)), p)
+    reduced = np.asarray(clf.reduce_labels(hard))
+    return {"soft_targets_kept": bool(soft_kept),
+            "one_hot_reduced_to_indices": bool(reduced.ndim == 1 and np.array_equal(reduced, p.argmax(1)))}
+
+
 def timed(fn: Callable[[], tuple[nn.Module, dict[str, Any]]], ctx: Ctx) -> dict[str, Any]:
     start = time.perf_counter()
     model, info = fn()
@@ -683,6 +696,7 @@ def main() -> None:
                         "thief": "cnn (bastion default)",
                         "optimizer": "Adam lr 1e-3", "batch": 128, "same_initial_copy": same_init,
                         "victim_accuracy": agreement(ctx.victim_labels, ctx.test.y),
+                        "art_training_targets": art_targets(ctx),
                         "registered": {"attacks": STEAL_ATTACKS.names(), "defenses": OUTPUT_DEFENSES.names(),
                                        "detectors": DETECTORS.names()}},
            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
