@@ -16,7 +16,7 @@ steal_app = typer.Typer(help="Model stealing: extraction attacks, output defense
 @steal_app.command("run")
 @friendly
 def run_cmd(
-    config: str = typer.Argument("mnist", help="stealing YAML file, or a built-in preset: mnist"),
+    config: str = typer.Argument("mnist", help="stealing YAML file, or a built-in preset: mnist, mnist-full"),
     quick: bool = typer.Option(False, "--quick", help="the preset's quick variant (a few minutes on 2 CPU cores)"),
     victim: str | None = typer.Option(None, help="the victim instead of the config's: a zoo model or a user model "
                                                  "(file.py:attr, package.module:attr, a TorchScript file)"),

@@ -131,7 +131,7 @@ def preset_names() -> list[str]:
 
 
 def load_steal(source: str | Path, *, quick: bool = False) -> StealConfig:
-    """A YAML file or a built-in preset (``mnist``); ``quick`` applies its ``quick:`` overrides."""
+    """A YAML file or a built-in preset (``mnist``, ``mnist-full``); ``quick`` applies its ``quick:`` overrides."""
     data, path = read_preset(source, PRESETS, "stealing run (docs/STEALING.md)", "bastion steal run")
     overrides = data.pop("quick", None) or {}
     if quick:
