@@ -69,6 +69,8 @@ class StealConfig(BaseModel):
     test_size: int = Field(2000, ge=10)
     pool: str = Field("fashion-mnist", description="the thief's natural pool (a data set's training split) or noise")
     pool_size: int = Field(20000, ge=1)
+    pool_resize: bool = Field(False, description="resize a pool of images of another size (same channels) to the "
+                                                 "victim's, bilinearly (e.g. 8x8 digits against a 28x28 victim)")
     seed_size: int = Field(100, ge=1, description="unlabelled problem-domain inputs the thief starts from")
     budget: int = Field(5000, description="total queries the thief may send")
     checkpoints: list[int] = Field(default_factory=list, description="query counts at which the copy is scored")

@@ -81,7 +81,8 @@ _WORLDS: dict[str, World] = {}
 def world_of(config: StealConfig) -> World:
     """The run's world, resolved once per process (the victim, data, pool and seed set of the config)."""
     key = spec_hash(config.model_dump(mode="json", include={"victim", "weights", "target", "dataset", "val_size",
-                                                            "test_size", "pool", "pool_size", "seed_size", "seed"}))
+                                                            "test_size", "pool", "pool_size", "pool_resize",
+                                                            "seed_size", "seed"}))
     if key not in _WORLDS:
         _WORLDS.clear()
         _WORLDS[key] = _world(config)
@@ -103,11 +104,17 @@ def _pool(config: StealConfig, spec: VictimSpec) -> tuple[Tensor, Tensor | None]
         g = torch.Generator().manual_seed(config.seed + 7)
         return spec.lower + (spec.upper - spec.lower) * torch.rand(config.pool_size, *spec.shape, generator=g), None
     d = load_dataset(config.pool, seed=config.seed)
-    if tuple(d.spec.shape) != spec.shape:
+    x, shape = d.train.x[:config.pool_size], tuple(d.spec.shape)
+    resizable = len(shape) == len(spec.shape) == 3 and shape[0] == spec.shape[0]
+    if shape != spec.shape and not (config.pool_resize and resizable):
+        fix = "set `pool_resize: true` to resize its images, " if resizable else ""
         raise InvalidInputError(
-            f"The pool {config.pool!r} has inputs of shape {'x'.join(map(str, d.spec.shape))} but the victim takes "
-            f"{'x'.join(map(str, spec.shape))}; choose a pool of the victim's shape, or `pool: noise`.")
-    return d.train.x[:config.pool_size], d.train.y[:config.pool_size]
+            f"The pool {config.pool!r} has inputs of shape {'x'.join(map(str, shape))} but the victim takes "
+            f"{'x'.join(map(str, spec.shape))}; {fix}choose a pool of the victim's shape, or `pool: noise`.")
+    if shape != spec.shape:
+        x = torch.nn.functional.interpolate(x, size=spec.shape[1:], mode="bilinear", align_corners=False)
+        x = x.clamp(spec.lower, spec.upper)
+    return x, d.train.y[:config.pool_size]
 
 
 def recipe_of(config: StealConfig) -> CopyRecipe:
@@ -137,7 +144,8 @@ def _base(config: StealConfig) -> dict[str, Any]:
 
 
 def cell_key(config: StealConfig, attack: Entry, defense: Entry) -> str:
-    thief = config.model_dump(mode="json", include={"pool", "pool_size", "seed_size", "budget", "thief", "transfer"})
+    thief = config.model_dump(mode="json", include={"pool", "pool_size", "pool_resize", "seed_size", "budget", "thief",
+                                                    "transfer"})
     return spec_hash(_base(config), thief, sorted(config.budget_points), attack.name, attack.params,
                      defense.name, defense.params)
 
