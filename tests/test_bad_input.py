@@ -171,7 +171,7 @@ CASES: list[tuple[str, Callable[[Path, Path], list[str]], str]] = [
     # model stealing (issue 22): each refused before any query
     ("steal budget of 0", _steal_yaml({"budget": 0}), "a query budget of 0 allows no query"),
     ("steal pool of another shape", _steal_yaml({"pool": "digits"}),
-     "The pool 'digits' has inputs of shape 1x8x8 but the victim takes 1x28x28"),
+     "The pool 'digits' has inputs of shape 1x8x8 but the victim takes 1x28x28; set `pool_resize: true`"),
     ("steal target that does not answer", _steal_yaml({}, "--target", "http://127.0.0.1:9/predict"),
      "http://127.0.0.1:9/predict"),
     ("steal defense before a remote target", _steal_yaml({"target": "http://127.0.0.1:9/p",

@@ -124,3 +124,14 @@ def test_a_users_own_model_is_a_victim_from_the_command_line(tmp_path: Path) -> 
     assert result.exit_code == 0, result.output
     summary = Store(tmp_path / "s.sqlite").get_run(result.output.split("steal run ")[1].split()[0]).summary
     assert summary["victim"].endswith("mine.py:make") and (tmp_path / "r" / "steal.html").exists()
+
+
+def test_a_pool_of_smaller_images_is_refused_or_resized() -> None:
+    from bastion.errors import InvalidInputError
+
+    spec = run_mod.VictimSpec((1, 28, 28), 10)
+    with pytest.raises(InvalidInputError, match="set `pool_resize: true` to resize its images"):
+        run_mod._pool(parse_steal({**SMALL, "pool": "digits"}), spec)
+    pool, labels = run_mod._pool(parse_steal({**SMALL, "pool": "digits", "pool_resize": True}), spec)
+    assert pool.shape[1:] == (1, 28, 28) and len(pool) == len(labels)
+    assert 0 <= float(pool.min()) <= float(pool.max()) <= 1
