@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import hashlib
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -322,7 +323,7 @@ def register_detector(name: str, *, paper: str) -> Callable[[Callable], Callable
     return DETECTORS.decorator(name, lambda fn: DetectorSpec(name, fn, paper, keyword_defaults(fn)))
 
 
-class OutputDefense(nn.Module):
+class OutputDefense(nn.Module, ABC):
     """Base of the output defenses: wraps the victim, answers ``answers`` ("probs" rows summing to 1, or labels).
     Subclasses implement ``perturb(x, probs)``; the victim's own outputs go through :func:`as_probabilities`."""
 
@@ -337,5 +338,6 @@ class OutputDefense(nn.Module):
             probs = as_probabilities(self.victim(x))
         return self.perturb(x, probs)
 
+    @abstractmethod
     def perturb(self, x: Tensor, probs: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The answers to ``x`` given the victim's probabilities ``probs``."""
