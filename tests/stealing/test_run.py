@@ -135,3 +135,16 @@ def test_a_pool_of_smaller_images_is_refused_or_resized() -> None:
     pool, labels = run_mod._pool(parse_steal({**SMALL, "pool": "digits", "pool_resize": True}), spec)
     assert pool.shape[1:] == (1, 28, 28) and len(pool) == len(labels)
     assert 0 <= float(pool.min()) <= float(pool.max()) <= 1
+
+
+def test_each_defense_is_built_once_per_run(tmp_path: Path, monkeypatch) -> None:
+    built = []
+    run_mod._WORLDS.clear()  # as a new process would
+    run_mod._DEPLOYED.clear()
+    real = run_mod._build_defense
+    monkeypatch.setattr(run_mod, "_build_defense", lambda c, w, d: built.append(d.name) or real(c, w, d))
+    config = {**SMALL, "budget": 100, "checkpoints": [], "transfer": {"points": 0}, "benign_clients": 0,
+              "attacks": [{"name": "knockoff-random"}, {"name": "copycat"}],
+              "defenses": [{"name": "none"}, {"name": "top1"}]}
+    report = steal(config, store=tmp_path / "s.sqlite")
+    assert built == ["top1"] and report.cell("copycat", "top1")["answers"] == "labels"

@@ -80,13 +80,17 @@ _WORLDS: dict[str, World] = {}
 
 def world_of(config: StealConfig) -> World:
     """The run's world, resolved once per process (the victim, data, pool and seed set of the config)."""
-    key = spec_hash(config.model_dump(mode="json", include={"victim", "weights", "target", "dataset", "val_size",
-                                                            "test_size", "pool", "pool_size", "pool_resize",
-                                                            "seed_size", "seed"}))
+    key = _world_key(config)
     if key not in _WORLDS:
         _WORLDS.clear()
         _WORLDS[key] = _world(config)
     return _WORLDS[key]
+
+
+def _world_key(config: StealConfig) -> str:
+    return spec_hash(config.model_dump(mode="json", include={"victim", "weights", "target", "dataset", "val_size",
+                                                             "test_size", "pool", "pool_size", "pool_resize",
+                                                             "seed_size", "seed"}))
 
 
 def _world(config: StealConfig) -> World:
@@ -128,10 +132,25 @@ def context(config: StealConfig, world: World) -> DefenseContext:
                           victim=world.victim)
 
 
+_DEPLOYED: dict[tuple[str, str], nn.Module] = {}
+
+
 def deployed(config: StealConfig, world: World, defense: Entry) -> nn.Module:
-    """The victim as deployed behind ``defense`` (``none``: the plain victim)."""
+    """The victim as deployed behind ``defense`` (``none``: the plain victim), built once per world and defense (a
+    defense that trains, such as adaptive misinformation, is not trained again for every attack)."""
     if defense.name == NONE:
         return world.victim
+    key = (_world_key(config), spec_hash(defense.name, defense.params, config.seed))
+    if world is not _WORLDS.get(key[0]):  # a world built outside world_of: nothing shared
+        return _build_defense(config, world, defense)
+    if key not in _DEPLOYED:
+        if all(k[0] != key[0] for k in _DEPLOYED):
+            _DEPLOYED.clear()
+        _DEPLOYED[key] = _build_defense(config, world, defense)
+    return _DEPLOYED[key]
+
+
+def _build_defense(config: StealConfig, world: World, defense: Entry) -> nn.Module:
     spec = OUTPUT_DEFENSES.get(defense.name)
     params = check_params("output defense", defense.name, defense.params, spec.defaults)
     return spec.fn(world.victim, context(config, world), **params).eval()
