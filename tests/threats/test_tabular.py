@@ -100,10 +100,10 @@ def test_an_unrepairable_candidate_is_reported_not_hidden() -> None:
 def test_project_stays_in_the_l2_ball_in_the_scaled_space() -> None:
     t, x = threat(eps=0.02, norm="l2"), flows()
     out = t.project(x + torch.tensor([[0.0, 50, 5000, 0, 500]], dtype=torch.float64), x)
-    assert torch.allclose(t.distance(out[:2], x[:2]), torch.full((2,), 0.018, dtype=torch.float64), atol=1e-3)
-    assert t.contains(out[:2], x[:2]).all()
-    # row 2: the ball allows max 63 but the new mean is 127 / 2 = 63.5; max is clamped up to 64, past the budget
-    assert out[2, 4] == 64 and not bool(t.contains(out[2:], x[2:])[0])
+    assert (t.distance(out, x) <= 0.02 + 1e-9).all() and t.contains(out, x).all()
+    # row 2 (1 packet, 0 bytes): one projection gives 2 packets, 127 bytes, max 63 < mean 63.5; the rounds of ball
+    # projection and repair settle on a real flow inside the ball instead (1 packet of 28 bytes)
+    assert out[2, 1:].tolist() == [1.0, 28.0, 28.0, 28.0]
 
 
 @pytest.mark.parametrize(("column", "value", "broken"), [

@@ -131,6 +131,11 @@ def parse_relation(text: str, columns: dict[str, int]) -> Relation:
     return Relation(text, ops[0], lhs, rhs, lhs_names, rhs_names, lhs_single, rhs_single)
 
 
+def names_in(text: str) -> tuple[str, ...]:
+    """The feature names a relation's text reads, in order of first mention."""
+    return tuple(dict.fromkeys(_NAME.findall(text)))
+
+
 def order_definitions(relations: tuple[Relation, ...], columns: tuple[str, ...]) -> tuple[Relation, ...]:
     """The defining equalities in an order where each is computed after every derived feature it reads; one line
     when a feature is defined twice or the definitions form a cycle."""
@@ -158,4 +163,4 @@ def order_definitions(relations: tuple[Relation, ...], columns: tuple[str, ...])
     return tuple(ordered)
 
 
-__all__ = ["Relation", "order_definitions", "parse_relation"]
+__all__ = ["Relation", "names_in", "order_definitions", "parse_relation"]

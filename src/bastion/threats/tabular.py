@@ -28,7 +28,7 @@ from bastion.threats import data_to_tensor, register_threat, tensor_to_data
 from bastion.threats.relations import Relation, order_definitions, parse_relation
 
 _ORDER = {"linf": float("inf"), "l2": 2.0}
-_REPAIR_ROUNDS = 3
+_REPAIR_ROUNDS = 8
 
 
 def _flags(value: Tensor | None, d: int, default: bool) -> Tensor:
@@ -173,16 +173,25 @@ class TabularThreat:
         """The repair operator: ball and box on the free features, integers rounded towards the input, immutable
         and frozen features restored, one-hot groups re-hot, inequalities clamped, derived features recomputed."""
         x_adv = x_adv.detach()
+        out = self._rehot(self._ball_box(x_adv, inputs), x_adv, inputs)
+        # alternate the budget and the relations: a clamp that repairs a relation can leave the ball, and the next
+        # ball projection can break the relation again; a few rounds settle most rows (contains tells the rest)
+        for _ in range(_REPAIR_ROUNDS):
+            out = self._repair_inequalities(self.complete(out))
+            out = self._ball_box(out, inputs)
+        out = self._repair_inequalities(self.complete(out))
+        return self.complete(out)
+
+    def _ball_box(self, x: Tensor, inputs: Tensor) -> Tensor:
+        """Free features into the ball (scaled space) and the box, integers rounded towards the input; every other
+        feature back to its input value (derived ones are recomputed by the caller)."""
         free, scale = self._on(self.free, inputs), self._on(self.scale, inputs)
         lower, upper = self._on(self.lower, inputs), self._on(self.upper, inputs)
-        delta = ((x_adv - inputs) / scale).masked_fill(~free, 0.0)
-        delta = project_ball(delta, self.eps_for(inputs), self.norm)
-        out = torch.maximum(torch.minimum(inputs + delta * scale, upper), lower)
-        out = self._round_towards(out, inputs)
-        out = self._rehot(out, x_adv, inputs)
-        for _ in range(_REPAIR_ROUNDS):  # a clamp can move a feature that a definition reads
-            out = self._repair_inequalities(self.complete(out))
-        return self.complete(out)
+        delta = project_ball(((x - inputs) / scale).masked_fill(~free, 0.0), self.eps_for(inputs), self.norm)
+        out = self._round_towards(torch.maximum(torch.minimum(inputs + delta * scale, upper), lower), inputs)
+        for group in self.groups:  # one-hot groups keep what the caller has (``_rehot`` decides them)
+            out[:, list(group)] = x[:, list(group)]
+        return out
 
     def _round_towards(self, x: Tensor, inputs: Tensor) -> Tensor:
         integer = self._on(self.integer, x) & self._on(self.free, x)  # type: ignore[arg-type]
@@ -207,7 +216,8 @@ class TabularThreat:
         changed = (x_adv - inputs).abs() > tol
         derived = self._on(self.derived, inputs)
         out = {
-            "box": ((x_adv < lower - tol) | (x_adv > upper + tol)).any(1),
+            # a derived feature follows from the others: the data's range of it is no limit of a real row
+            "box": (((x_adv < lower - tol) | (x_adv > upper + tol)) & ~derived).any(1),
             "budget": self.distance(x_adv, inputs) > self.eps_for(inputs) * (1 + 1e-5) + atol,
             "immutable": (changed & ~self._on(self.mutable, inputs) & ~derived).any(1),  # type: ignore[operator]
             "integer": ((x_adv - x_adv.round()).abs() > 1e-4)[:, self._on(self.integer, inputs)].any(1),
