@@ -158,6 +158,24 @@ def test_caa_is_at_least_as_strong_as_capgd(mlp: nn.Module) -> None:
     assert int(broken_both.sum()) >= int(broken_alone.sum()) > 0
 
 
+def test_caa_counts_each_points_passes_to_that_point(mlp: nn.Module) -> None:
+    """Through the runner's pass counter: points CAPGD broke cost at most CAPGD's passes (2 runs of 10 steps, each
+    step one forward) plus CAA's one check; the rest also pay MoEvA2's 1 + generations * offspring forwards, booked
+    to the right samples although MoEvA2 searches only the subset."""
+    from bastion.evaluation.runner import run_attack
+
+    x, y = flows(24, seed=1)
+    threat = flow_threat("l2", 0.1)
+    alone = capgd(mlp, x, y, threat, restarts=2, generator=_seed())
+    by_capgd = (mlp(alone).argmax(1) != y) & threat.contains(alone, x)
+    result = run_attack(mlp, x, y, threat, "caa", generator=_seed(), **SMALL_SEARCH)
+    attacked = mlp(x).argmax(1) == y
+    forward = result.counts.forward
+    search = 1 + SMALL_SEARCH["generations"] * SMALL_SEARCH["offspring"]
+    assert bool((forward[by_capgd & attacked] <= 2 * 11 + 1).all())
+    assert bool((forward[~by_capgd & attacked] >= search).all()) and bool((~by_capgd & attacked).any())
+
+
 def test_caa_breaks_what_gradients_cannot_reach(mlp: nn.Module) -> None:
     """A model that quantises its input has zero gradient almost everywhere: CAPGD stalls, MoEvA2 (scores only)
     still searches, so CAA breaks strictly more points than CAPGD alone."""

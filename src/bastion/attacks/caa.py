@@ -21,7 +21,7 @@ from bastion.attacks.base import register_attack
 from bastion.attacks.capgd import capgd
 from bastion.attacks.constrained import Threat, check_count, check_threat
 from bastion.attacks.losses import is_adversarial
-from bastion.attacks.moeva2 import moeva2
+from bastion.attacks.moeva2 import CROSSOVER_PROB, MUTATION_ETA, evolve
 from bastion.oracle import attribute
 
 PAPER = ("Simonetto et al. 2024, Constrained Adaptive Attack: Effective Adversarial Attack Against Deep Neural "
@@ -55,8 +55,9 @@ def caa(
     if left.numel() == 0:
         return adv
     sub = threat.select(left)
-    searched = moeva2(model, inputs[left], labels[left], sub, targeted=targeted, generations=generations,
-                      population=population, offspring=offspring, generator=generator)
+    searched = evolve(model, inputs[left], labels[left], sub, targeted=targeted, generations=generations,
+                      population=population, offspring=offspring, crossover_prob=CROSSOVER_PROB,
+                      mutation_eta=MUTATION_ETA, generator=generator, rows=left)
     _, found = _judge(model, searched, inputs[left], labels[left], sub, targeted, left)
     take = found | ~valid[left]  # MoEvA2's row where it broke the point, or where CAPGD's row is not valid
     out = adv.clone()

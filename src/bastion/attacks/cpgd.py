@@ -44,7 +44,7 @@ def cpgd(
 ) -> Tensor:
     """CPGD: ``steps`` steps of ``step_factor * eps`` (scaled units) on ``CE - constraint_weight * penalty``.
 
-    Costs ``steps + 1`` forward and ``steps`` backward passes per point (the last forward checks the last iterate).
+    Costs at most ``steps + 1`` forward and backward passes per point (the last pass checks the last iterate).
     Returns the best valid candidate per point (adversarial first, then highest loss), else the projected last
     iterate.
     """

@@ -34,6 +34,8 @@ from bastion.attacks.base import register_attack
 from bastion.attacks.constrained import Best, Threat, check_count, check_threat, free_mask, scale_of
 from bastion.oracle import attribution
 
+CROSSOVER_PROB = 0.9  # pymoo's two-point crossover default, as the authors use it
+MUTATION_ETA = 20.0  # the authors' polynomial-mutation distribution index
 PAPER = ("Simonetto et al. 2022, A Unified Framework for Adversarial Attack and Defense in Constrained Feature "
          "Space (IJCAI)")
 
@@ -50,25 +52,35 @@ def moeva2(
     generations: int = 100,
     population: int = 203,
     offspring: int = 100,
-    crossover_prob: float = 0.9,
-    mutation_eta: float = 20.0,
+    crossover_prob: float = CROSSOVER_PROB,
+    mutation_eta: float = MUTATION_ETA,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """MoEvA2 with ``generations`` generations of ``offspring`` children per point (``offspring`` is rounded up to
     an even number). Costs ``1 + generations * offspring`` forward passes per point and no backward pass."""
     check_threat(threat, inputs, "moeva2")
     check_count("moeva2", generations=generations, population=population, offspring=offspring)
+    return evolve(model, inputs, labels, threat, targeted=targeted, generations=generations, population=population,
+                  offspring=offspring, crossover_prob=crossover_prob, mutation_eta=mutation_eta, generator=generator)
+
+
+def evolve(model: nn.Module, inputs: Tensor, labels: Tensor, threat: Threat, *, targeted: bool, generations: int,
+           population: int, offspring: int, crossover_prob: float, mutation_eta: float,
+           generator: torch.Generator | None, rows: Tensor | None = None) -> Tensor:
+    """The search itself. ``rows``: the caller's sample index of each input row, for the pass counter (a combined
+    attack that searches a subset of its batch passes the subset's indices)."""
     n, p, o = inputs.shape[0], population, offspring + offspring % 2
+    rows = torch.arange(n) if rows is None else rows.cpu()
     search = _Search(model, inputs, labels, threat, targeted, generator)
     with attribution(model) as point:
-        point(torch.arange(n).repeat_interleave(p))
         pop = threat.project(inputs.clone(), inputs)[:, None].expand(n, p, -1).contiguous()
-        scores = search.evaluate(pop, point)
+        scores = search.evaluate(pop, lambda index: point(rows[index.cpu()]))
         rank, crowd = torch.zeros(n, p, device=inputs.device), torch.zeros(n, p, device=inputs.device)
         for _ in range(generations):
             parents = search.tournament(pop, rank, crowd, o)
             children = search.mutate(search.crossover(parents, crossover_prob), mutation_eta)
-            pop, scores = torch.cat([pop, children], 1), torch.cat([scores, search.evaluate(children, point)], 1)
+            fresh = search.evaluate(children, lambda index: point(rows[index.cpu()]))
+            pop, scores = torch.cat([pop, children], 1), torch.cat([scores, fresh], 1)
             rank, crowd, keep = survive(scores, p)
             pop, scores = _take(pop, keep), _take(scores, keep)
     return search.best.result(pop[:, 0])
@@ -108,7 +120,7 @@ class _Search:
         threat, inputs = self.threat.select(index), self.inputs[index]
         flat = threat.project(rows.reshape(n * m, d), inputs)
         rows.copy_(flat.view(n, m, d))
-        point(index.cpu())
+        point(index)
         with torch.no_grad():
             logits = self.model(flat)
         prob = logits.softmax(1).gather(1, self.labels[index, None]).squeeze(1)
