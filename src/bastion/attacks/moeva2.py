@@ -189,8 +189,12 @@ def survive(scores: Tensor, count: int) -> tuple[Tensor, Tensor, Tensor]:
 def nondominated_rank(scores: Tensor, enough: int) -> Tensor:
     """Pareto front index of every vector (0 = non-dominated), per point; peeling stops once ``enough`` vectors
     per point have a rank (the rest get one rank past the last peeled)."""
-    le = (scores[:, :, None] <= scores[:, None]).all(-1)
-    lt = (scores[:, :, None] < scores[:, None]).any(-1)
+    first, second = scores[:, :, None, 0], scores[:, None, :, 0]
+    le, lt = first <= second, first < second
+    for k in range(1, scores.shape[2]):  # one (N, M, M) comparison per objective: no (N, M, M, K) tensor
+        first, second = scores[:, :, None, k], scores[:, None, :, k]
+        le &= first <= second
+        lt |= first < second
     dominates = (le & lt).to(scores.dtype)  # [n, i, j]: i dominates j
     n, m, _ = scores.shape
     rank = torch.full((n, m), float(m), device=scores.device)
