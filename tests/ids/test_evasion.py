@@ -64,8 +64,12 @@ def test_doing_nothing_is_valid_and_fails() -> None:
     x = torch.as_tensor(rows)
 
     class Alarm(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(()))
+
         def forward(self, v: torch.Tensor) -> torch.Tensor:
-            flat = v.sum(1) * 0.0  # no gradient signal anywhere
+            flat = v.sum(1) * self.w  # no gradient signal anywhere
             return torch.stack([flat, flat + 1], 1)
 
     # an always-alarm detector: every flow is caught; PGD cannot move it, the flows stay what they were

@@ -81,8 +81,9 @@ class Scaled(nn.Module):
 
 
 def has_gradients(detector: nn.Module) -> bool:
-    """Whether white-box attacks can run on ``detector`` (the tree baseline says it has none)."""
-    return not getattr(detector, "black_box", False)
+    """Whether white-box attacks can run on ``detector``: it has trainable parameters (the gradient-boosted trees
+    have none; they answer probabilities only)."""
+    return any(p.requires_grad for p in detector.parameters())
 
 
 def detected(detector: nn.Module, rows: Tensor, benign: int) -> Tensor:
