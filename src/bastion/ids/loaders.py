@@ -42,7 +42,7 @@ def detect_format(path: str | Path) -> str:
         raise InvalidInputError(f"{path} is empty; give a CSV file with a header and flows.")
     raw = next(csv.reader([line]))
     names = {r.strip() for r in raw}
-    if "attack_cat" in names:
+    if "attack_cat" in names or {"sbytes", "dbytes", "sttl"} <= names:
         return "unsw-nb15"
     if "Tot Fwd Pkts" in names:
         return "cic2018"

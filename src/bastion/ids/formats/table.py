@@ -140,7 +140,7 @@ def _categorical(parsed: Parsed, path: Path, column: str, opts: Options) -> tupl
     if column not in parsed.onehot:  # a numeric code such as the IP protocol number
         values = _numbers(parsed, path, column, values)
     allowed = _allowed(parsed, column, values, opts)
-    ok = np.isin(values, np.asarray(allowed, dtype=values.dtype))
+    ok = np.isin(values, _like(allowed, values))
     if not ok.all() and opts.unknown == "error":
         bad = sorted(set(values[~ok].tolist()))
         shown = ", ".join(repr(v.item() if hasattr(v, "item") else v) for v in bad[:5])
@@ -159,7 +159,7 @@ def _numbers(parsed: Parsed, path: Path, column: str, text: np.ndarray) -> np.nd
     except ValueError:
         bad = np.array([not _is_number(c) for c in cells])
         raise InvalidInputError(
-            f"{path}: column {column!r} has text that is not a number ({cells[bad][0]!r} on line(s) "
+            f"{path}: column {column!r} has text that is not a number ({str(cells[bad][0])!r} on line(s) "
             f"{_lines(parsed, bad)}); fix or remove those rows.") from None
 
 
@@ -187,8 +187,15 @@ def _nonfinite(parsed: Parsed, path: Path, names: list[str], matrix: np.ndarray,
     return ~bad.any(axis=1)
 
 
+def _like(allowed: tuple, values: np.ndarray) -> np.ndarray:
+    """``allowed`` as text when the values are text, else as numbers (never truncated to the values' width)."""
+    if values.dtype.kind == "U":
+        return np.array([str(a) for a in allowed], dtype=str)
+    return np.asarray(allowed, dtype=np.float64)
+
+
 def _onehot(values: np.ndarray, allowed: tuple) -> np.ndarray:
-    return (values[:, None] == np.asarray(allowed, dtype=values.dtype)[None, :]).astype(np.float64)
+    return (values[:, None] == _like(allowed, values)[None, :]).astype(np.float64)
 
 
 def finish(parsed: Parsed, path: Path, opts: Options) -> FlowTable:
