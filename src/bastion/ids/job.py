@@ -130,7 +130,7 @@ def _weights(config: IdsConfig, entry: Entry, workdir: Path) -> Path:
     return workdir / "detectors" / f"{entry.key}-{detector_key(config, entry)}"
 
 
-def _train(config: IdsConfig, entry: Entry, world: World) -> nn.Module:
+def train_entry(config: IdsConfig, entry: Entry, world: World) -> nn.Module:
     generator = torch.Generator().manual_seed(config.seed + 17)
     x, y = world.table.features[world.train], world.y[world.train]
     model = build_detector(entry.name, x, len(world.labels), generator=generator, **entry.params)
@@ -147,7 +147,7 @@ def detector(config: IdsConfig, store: Store, entry: Entry, workdir: Path) -> tu
     if done and path.with_suffix(".safetensors").exists():
         return done, load_detector(path)[0]
     started = time.perf_counter()
-    model = _train(config, entry, world)
+    model = train_entry(config, entry, world)
     seconds = time.perf_counter() - started
     if has_gradients(model):
         save_detector(model, path, columns=world.table.columns, classes=world.labels)
