@@ -142,6 +142,8 @@ BAD = [
     ("text in a number", SNAP, lambda d: d.replace(b"\n80,", b"\neighty,", 1).replace(b"\n81,", b"\neighty,", 1), {},
      r"'Destination Port' has text that is not a number \('eighty' on line\(s\) 2"),
     ("unknown format", SNAP, lambda d: b"a,b\n1,2\n", {}, r"cannot tell the format.*pass format="),
+    ("categories for no such column", UNSW, lambda d: d, {"categories": {"protocol": ("tcp",)}},
+     r"categories= names 'protocol', not a categorical column of unsw-nb15 \(proto, service, state\)"),
     ("bad option", SNAP, lambda d: d, {"nonfinite": "mean"}, r"nonfinite='mean' is not one of"),
     ("families on CIC", SNAP, lambda d: d, {"families": True}, r"families=True applies to NSL-KDD"),
     ("unknown KDD attack family", KDD, lambda d: d.replace(b"neptune", b"zeroday"), {"families": True},

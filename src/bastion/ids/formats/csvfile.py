@@ -52,7 +52,7 @@ def read_cells(path: Path, *, header: bool) -> Cells:
     except pd.errors.ParserError as exc:
         raise InvalidInputError(f"{path} is not a well-formed CSV file ({str(exc).strip()}); fix that row.") from None
     lines = np.arange(1, len(frame) + 1)
-    blank = (frame.fillna("").apply(lambda c: c.str.strip()) == "").all(axis=1).to_numpy()
+    blank = (frame.isna() | frame.eq("")).all(axis=1).to_numpy()
     frame, lines = frame[~blank].reset_index(drop=True), lines[~blank]
     if not header:
         return Cells([], [], frame, lines)

@@ -202,6 +202,11 @@ def finish(parsed: Parsed, path: Path, opts: Options) -> FlowTable:
     """The shared checks, then the table (see the module docstring)."""
     if len(parsed.frame) == 0:
         raise InvalidInputError(f"{path}: the file has a header but no data rows; give a file with flows in it.")
+    stray = sorted(set(opts.categories or {}) - set(parsed.categorical))
+    if stray:
+        raise InvalidInputError(f"{path}: categories= names {', '.join(map(repr, stray))}, not a categorical column "
+                                f"of {parsed.format} ({', '.join(parsed.categorical) or 'it has none'}); fix the "
+                                "column names.")
     order = _layout(parsed, path, opts)
     keep = np.ones(len(parsed.frame), dtype=bool)
     blocks: list[np.ndarray] = []
