@@ -14,6 +14,7 @@ from bastion.cli.ids import ids_app
 DATA = typer.Option("snapshot", "--data", help="'snapshot' (the shipped generated flows) or a CSV of flows "
                                                "(bastion, CIC-IDS2017/2018, NSL-KDD, UNSW-NB15)")
 NONFINITE = typer.Option("error", "--nonfinite", help="NaN/inf cells (real CIC files have them): error, drop or zero")
+EXTRA = typer.Option("error", "--extra", help="columns outside bastion's CIC layout: error, or drop them")
 
 
 @ids_app.command("evaluate")
@@ -23,6 +24,7 @@ def evaluate_cmd(
     quick: bool = typer.Option(False, "--quick", help="the preset's quick variant"),
     data: str | None = typer.Option(None, "--data", help="flows instead of the config's (a CSV, or 'snapshot')"),
     nonfinite: str | None = typer.Option(None, "--nonfinite", help="NaN/inf cells: error, drop or zero"),
+    extra: str | None = typer.Option(None, "--extra", help="columns outside bastion's CIC layout: error or drop"),
     eps: float | None = typer.Option(None, help="the budget in the scaled space instead of the config's"),
     constraints: str | None = typer.Option(None, help="a constraint file (YAML, docs/IDS.md)"),
     store: str | None = STORE,
@@ -39,7 +41,7 @@ def evaluate_cmd(
     from bastion.store import Store
 
     cfg = load_ids(config, quick=quick)
-    changes = {k: v for k, v in (("data", data), ("nonfinite", nonfinite), ("eps", eps),
+    changes = {k: v for k, v in (("data", data), ("nonfinite", nonfinite), ("extra", extra), ("eps", eps),
                                  ("constraints", constraints)) if v is not None}
     if changes:
         cfg = parse_ids({**cfg.model_dump(mode="json"), **changes}, config)
@@ -82,6 +84,7 @@ def train_cmd(
     detector: str = typer.Option("mlp", "--detector", help="a detector (`bastion ids list`)"),
     data: str = DATA,
     nonfinite: str = NONFINITE,
+    extra: str = EXTRA,
     labels: str = typer.Option("binary", help="binary (benign vs attack) or multiclass"),
     epochs: int = typer.Option(20, help="training epochs"),
     seed: int = typer.Option(0, help="seed of the split and the training"),
@@ -92,7 +95,7 @@ def train_cmd(
     from bastion.ids.job import clean_metrics, train_entry, world_of
     from bastion.ids.models.io import save_detector
 
-    cfg: IdsConfig = parse_ids({"data": data, "nonfinite": nonfinite, "labels": labels, "seed": seed,
+    cfg: IdsConfig = parse_ids({"data": data, "nonfinite": nonfinite, "extra": extra, "labels": labels, "seed": seed,
                                 "detectors": [{"name": detector, "params": parse_params(param)}],
                                 "training": {"epochs": epochs}, "attacks": [{"name": "pgd"}]})
     world = world_of(cfg)
@@ -114,6 +117,7 @@ def attack_cmd(
     attack: str = typer.Option("capgd", "--attack", help="an attack (`bastion ids list`)"),
     data: str = DATA,
     nonfinite: str = NONFINITE,
+    extra: str = EXTRA,
     eps: float = typer.Option(0.1, help="the budget in the scaled space (a feature's range is 1)"),
     norm: str = typer.Option("linf", help="linf or l2"),
     constraints: str | None = typer.Option(None, help="a constraint file (YAML, docs/IDS.md)"),
@@ -134,8 +138,9 @@ def attack_cmd(
 
     model, meta = load_detector(detector)
     labels = "multiclass" if len(meta.get("classes", [])) > 2 else "binary"
-    cfg = parse_ids({"data": data, "nonfinite": nonfinite, "labels": labels, "seed": seed, "eps": eps, "norm": norm,
-                     "constraints": constraints, "attacks": [{"name": attack}], "per_class": per_class})
+    cfg = parse_ids({"data": data, "nonfinite": nonfinite, "extra": extra, "labels": labels, "seed": seed,
+                     "eps": eps, "norm": norm, "constraints": constraints, "attacks": [{"name": attack}],
+                     "per_class": per_class})
     world = world_of(cfg)
     if meta.get("columns") and tuple(meta["columns"]) != world.table.columns:
         raise InvalidInputError(f"{detector} was trained on other columns than {data} has; train it on this data "

@@ -49,6 +49,8 @@ class IdsConfig(BaseModel):
     data: str = Field(SNAPSHOT, description="'snapshot' (bastion's generated flows) or a CSV file of flows")
     format: str = Field("auto", description="the CSV's format (auto, bastion, cic2017, cic2018, nsl-kdd, unsw-nb15)")
     nonfinite: Literal["error", "drop", "zero"] = "error"
+    extra: Literal["error", "drop"] = Field("error", description="columns outside bastion's CIC layout (a full "
+                                                                  "CIC file has 78+): error, or drop them")
     test_fraction: float = Field(0.3, gt=0, lt=1)
     max_train: int = Field(20000, ge=10, description="at most this many training flows (stratified subsample)")
     labels: Literal["binary", "multiclass"] = Field("binary", description="benign vs attack, or one class per attack")

@@ -27,7 +27,7 @@ from bastion.ids.constraints import flow_threat
 from bastion.ids.evasion import Evasion, evade, has_gradients
 from bastion.ids.features import BENIGN
 from bastion.ids.loaders import FlowTable, load_flows
-from bastion.ids.models.factory import build_detector, predict
+from bastion.ids.models.factory import build_detector, categorical_columns, predict
 from bastion.ids.models.io import load_detector, save_detector
 from bastion.ids.models.training import train_detector
 from bastion.store import Store
@@ -80,7 +80,7 @@ def _cap(index: np.ndarray, labels: np.ndarray, cap: int, rng: np.random.Generat
 def load_table(config: IdsConfig) -> FlowTable:
     path = snapshot_path() if config.data == SNAPSHOT else Path(config.data)
     fmt = "bastion" if config.data == SNAPSHOT else config.format
-    return load_flows(path, format=fmt, nonfinite=config.nonfinite)
+    return load_flows(path, format=fmt, nonfinite=config.nonfinite, extra=config.extra)
 
 
 _WORLDS: dict[str, World] = {}
@@ -118,8 +118,8 @@ def _env() -> dict[str, Any]:
 
 
 def _data_key(config: IdsConfig) -> dict[str, Any]:
-    return {k: getattr(config, k) for k in ("data", "format", "nonfinite", "test_fraction", "max_train", "labels",
-                                            "seed")}
+    return {k: getattr(config, k) for k in ("data", "format", "nonfinite", "extra", "test_fraction", "max_train",
+                                            "labels", "seed")}
 
 
 def detector_key(config: IdsConfig, entry: Entry) -> str:
@@ -133,7 +133,9 @@ def _weights(config: IdsConfig, entry: Entry, workdir: Path) -> Path:
 def train_entry(config: IdsConfig, entry: Entry, world: World) -> nn.Module:
     generator = torch.Generator().manual_seed(config.seed + 17)
     x, y = world.table.features[world.train], world.y[world.train]
-    model = build_detector(entry.name, x, len(world.labels), generator=generator, **entry.params)
+    categorical = categorical_columns(world.table.columns, world.table.categorical)
+    model = build_detector(entry.name, x, len(world.labels), generator=generator, categorical=categorical,
+                           **entry.params)
     t = config.training
     model, _ = train_detector(model, x, y, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, generator=generator)
     return model.eval()
