@@ -64,3 +64,20 @@ def synthetic_flows(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         col[f"{flag} Flag Count"] = np.minimum(packets, k)
     rows = np.stack([np.asarray(col[name], dtype=float) for name in FEATURE_NAMES], 1)
     return rows, attack.astype(np.int64)
+
+
+def write_bastion_csv(path: str, n: int = 600, seed: int = 0) -> str:
+    """Synthetic flows as a bastion snapshot CSV (classes BENIGN, Flood, Scan)."""
+    import csv
+
+    from bastion.ids.features import LABEL
+
+    rows, labels = synthetic_flows(n, seed)
+    rng = np.random.default_rng(seed + 1)
+    names = np.where(labels == 0, "BENIGN", np.where(rng.random(n) < 0.5, "Flood", "Scan"))
+    with open(path, "w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow([*FEATURE_NAMES, "Source IP", "Destination IP", "Source Port", "Timestamp", LABEL])
+        for i, (row, name) in enumerate(zip(rows, names, strict=True)):
+            out.writerow([*(repr(float(v)) for v in row), f"10.0.0.{i % 200}", "10.0.1.1", 40000 + i, i, name])
+    return path
