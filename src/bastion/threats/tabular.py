@@ -53,6 +53,7 @@ class TabularThreat:
     kind: ClassVar[str] = "tabular"
     _parsed: tuple[Relation, ...] = field(default=(), init=False, repr=False)
     _definitions: tuple[Relation, ...] = field(default=(), init=False, repr=False)
+    _cache: dict[Any, Tensor] = field(default_factory=dict, init=False, repr=False)  # structure, per device/dtype
 
     def __post_init__(self) -> None:
         d = len(self.columns)
@@ -88,27 +89,38 @@ class TabularThreat:
     # --- structure -----------------------------------------------------------------------------------------
     @property
     def derived(self) -> Tensor:
-        out = torch.zeros(len(self.columns), dtype=torch.bool)
-        for rel in self._definitions:
-            out[rel.defines] = True
-        return out
+        if "derived" not in self._cache:
+            out = torch.zeros(len(self.columns), dtype=torch.bool)
+            for rel in self._definitions:
+                out[rel.defines] = True
+            self._cache["derived"] = out
+        return self._cache["derived"]
 
     @property
     def free(self) -> Tensor:
         """The features an attacker moves directly: mutable, not derived, not frozen by a zero weight."""
-        grouped = torch.zeros(len(self.columns), dtype=torch.bool)
-        for group in self.groups:
-            grouped[list(group)] = True
-        return self.mutable & ~self.derived & (self.weight > 0) & ~grouped  # type: ignore[operator]
+        if "free" not in self._cache:
+            grouped = torch.zeros(len(self.columns), dtype=torch.bool)
+            for group in self.groups:
+                grouped[list(group)] = True
+            self._cache["free"] = self.mutable & ~self.derived & (self.weight > 0) & ~grouped  # type: ignore[operator]
+        return self._cache["free"]
 
     @property
     def scale(self) -> Tensor:
         """Raw units per unit of the scaled space: the feature's range times its weight (1 where the range is 0)."""
-        span = self.upper - self.lower
-        return torch.where(span > 0, span, torch.ones_like(span)) * self.weight  # type: ignore[operator]
+        if "scale" not in self._cache:
+            span = self.upper - self.lower
+            self._cache["scale"] = torch.where(span > 0, span, torch.ones_like(span)) * self.weight  # type: ignore[operator]
+        return self._cache["scale"]
 
     def _on(self, t: Tensor, like: Tensor) -> Tensor:
-        return t.to(device=like.device, dtype=like.dtype if t.is_floating_point() else t.dtype)
+        """``t`` on ``like``'s device (and float dtype), converted once per threat."""
+        dtype = like.dtype if t.is_floating_point() else t.dtype
+        key = (t, like.device, dtype)  # the tensor itself (hashed by identity, kept alive by the key)
+        if key not in self._cache:
+            self._cache[key] = t.to(device=like.device, dtype=dtype)
+        return self._cache[key]
 
     # --- relations ---------------------------------------------------------------------------------------------
     def complete(self, x: Tensor) -> Tensor:
