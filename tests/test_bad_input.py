@@ -100,6 +100,45 @@ def _steal_yaml(change: dict, *extra: str) -> Callable[[Path, Path], list[str]]:
     return build
 
 
+def _ids_csv(edit: Callable[[list[str]], list[str]], *extra: str) -> Callable[[Path, Path], list[str]]:
+    """`bastion ids evaluate` on synthetic flows in bastion's CSV layout, each line passed through ``edit``."""
+    def build(tmp: Path, ckpt: Path) -> list[str]:
+        from tests.ids.flowgen import write_bastion_csv
+
+        path = Path(write_bastion_csv(str(tmp / "flows.csv"), n=120))
+        path.write_text("\n".join(edit(path.read_text().splitlines())) + "\n")
+        config = tmp / "ids.yaml"
+        config.write_text(yaml.safe_dump({"name": "bad", "data": str(path), "detectors": [{"name": "mlp"}],
+                                          "training": {"epochs": 1}, "attacks": [{"name": "cpgd"}],
+                                          "per_class": 5}))
+        return ["ids", "evaluate", str(config), "--store", str(tmp / "s.sqlite"), "--workdir", str(tmp / "w"), *extra]
+
+    return build
+
+
+def _drop_column(name: str) -> Callable[[list[str]], list[str]]:
+    def edit(lines: list[str]) -> list[str]:
+        at = lines[0].split(",").index(name)
+        return [",".join(c for i, c in enumerate(line.split(",")) if i != at) for line in lines]
+
+    return edit
+
+
+def _cell(column: str, row: int, value: str) -> Callable[[list[str]], list[str]]:
+    def edit(lines: list[str]) -> list[str]:
+        at = lines[0].split(",").index(column)
+        cells = lines[row].split(",")
+        cells[at] = value
+        return [*lines[:row], ",".join(cells), *lines[row + 1:]]
+
+    return edit
+
+
+def _ids_constraints(tmp: Path, ckpt: Path) -> list[str]:
+    (tmp / "c.yaml").write_text("relations:\n  - '[Total Fwd Packets] <= 0'\n")
+    return _ids_csv(lambda lines: lines, "--constraints", str(tmp / "c.yaml"))(tmp, ckpt)
+
+
 def _home_is_a_file(tmp: Path, ckpt: Path) -> list[str]:
     (tmp / "home").write_text("not a folder")
     return ["runs", "list", "--env-home", str(tmp / "home")]
@@ -177,6 +216,13 @@ CASES: list[tuple[str, Callable[[Path, Path], list[str]], str]] = [
     ("steal defense before a remote target", _steal_yaml({"target": "http://127.0.0.1:9/p",
                                                           "defenses": [{"name": "top1"}]}),
      "list only the defense `none` with `target`"),
+    # network intrusion detection (issue 23): the flows and the constraints, each refused before any training
+    ("ids csv missing a column", _ids_csv(_drop_column("Flow Duration")), "missing column"),
+    ("ids csv with an extra column", _ids_csv(lambda lines: [lines[0] + ",Extra", *(x + ",1" for x in lines[1:])]),
+     "extra='drop'"),
+    ("ids csv with inf", _ids_csv(_cell("Flow Bytes/s", 3, "Infinity")), "nonfinite='drop'"),
+    ("ids csv with an unknown protocol", _ids_csv(_cell("Protocol", 2, "99")), "unknown value"),
+    ("ids constraints contradict the data", _ids_constraints, "contradict the data"),
     # the store and its home
     ("damaged store", _damaged_store, "is damaged ("),
     ("store path inside a file", _args("runs", "list", "--store", "{tmp}/file.txt/s.sqlite"), "cannot be created"),
