@@ -1,0 +1,124 @@
+"""``generate``: build the virtual network, start the services, capture, run the benign clients and the bounded
+attacks, tear everything down, meter the capture into labelled flows and write them with their data card."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from bastion.errors import InvalidInputError
+from bastion.ids.flows import UNLABELLED, pcap_to_flows
+from bastion.ids.generate.actors import ATTACKERS, SERVER, SERVER_IP, Actor, benign_clients, label_map
+from bastion.ids.generate.attacks import Step, plans
+from bastion.ids.generate.card import make_card, tool_versions, write_card
+from bastion.ids.generate.lab import Lab, require_privilege, require_tools
+from bastion.ids.generate.services import TOOLS, start_services
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str, float, float], None]  # (phase, done, total)
+SRC = str(Path(__file__).resolve().parents[3])  # the folder holding the bastion package
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def _attacker(lab: Lab, actor: Actor, steps: list[Step], delay: float, cwd: Path, logs: Path) -> None:
+    time.sleep(delay)
+    with (logs / f"{actor.name}.log").open("w") as out:
+        for step in steps:
+            out.write(" ".join(step.argv) + "\n")
+            out.flush()
+            lab.run(lab.ns(actor), ["env", "-C", str(cwd), *step.argv], timeout=step.timeout, log_to=out,
+                    env=_env())
+
+
+def _traffic(lab: Lab, tmp: Path, seconds: float, seed: int, clients: tuple[Actor, ...], on_progress: Progress,
+             intensity: float) -> None:
+    services = start_services(lab, lab.ns(SERVER), tmp, seconds + 60, _env())
+    rng = np.random.default_rng(seed)
+    logs = tmp / "logs"
+    for i, c in enumerate(clients):
+        lab.spawn(lab.ns(c), ["timeout", "-k", "5", str(int(seconds + 20)), os.fspath(_python()), "-m",
+                              "bastion.ids.generate.client", SERVER_IP, str(seed * 1000 + i), str(seconds),
+                              str(services.client_key)], env=_env(), log_to=(logs / f"{c.name}.log").open("w"))
+    threads = []
+    for actor, (name, steps) in zip(ATTACKERS, plans(intensity, seconds, seed, tmp).items(), strict=True):
+        assert actor.name == name
+        delay = float(rng.uniform(0, 0.3 * seconds))
+        t = threading.Thread(target=_attacker, args=(lab, actor, steps, delay, tmp, logs), daemon=True)
+        t.start()
+        threads.append(t)
+    start = time.monotonic()
+    limit = seconds * 1.6 + 60  # every step has its own timeout; this is the backstop
+    for _ in range(int(limit) + 1):
+        elapsed = time.monotonic() - start
+        if elapsed >= seconds and not any(t.is_alive() for t in threads):
+            break
+        on_progress("traffic", min(elapsed, seconds), seconds)
+        time.sleep(1.0)
+    on_progress("traffic", seconds, seconds)
+
+
+def _python() -> str:
+    import sys
+
+    return sys.executable
+
+
+def generate(out_dir: str | Path, *, seed: int = 0, minutes: float = 3.0, clients: int = 6,
+             command: str | None = None, on_progress: Progress | None = None) -> Path:
+    """Generate ``minutes`` of labelled traffic; returns the path of ``flows.csv.gz`` in ``out_dir`` (beside it:
+    ``capture.pcap``, ``card.json``, ``CARD.md``). Needs root (network namespaces) and the tools of
+    ``services.TOOLS``."""
+    if not 0.1 <= minutes <= 60:
+        raise InvalidInputError(f"minutes must be between 0.1 and 60, got {minutes}; e.g. --minutes 3")
+    if not 1 <= clients <= 50:
+        raise InvalidInputError(f"clients must be between 1 and 50, got {clients}")
+    require_privilege()
+    require_tools(TOOLS)
+    report = on_progress or (lambda *_: None)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    seconds = minutes * 60
+    actors = (SERVER, *benign_clients(clients), *ATTACKERS)
+    tmp = Path(tempfile.mkdtemp(prefix="bastion-ids-"))
+    pcap = out / "capture.pcap"
+    try:
+        with Lab(actors) as lab:
+            prefix = lab.prefix
+            report("network", 0, 1)
+            dump = lab.spawn(lab.bridge_ns, ["tcpdump", "-i", "br0", "-n", "-U", "-Z", "root", "-s", "0", "-w", str(pcap), "ip"],
+                             log_to=(tmp / "tcpdump.log").open("w"))
+            time.sleep(1.0)
+            _traffic(lab, tmp, seconds, seed, actors[1:1 + clients], report, minutes)
+            time.sleep(2.0)
+            dump.terminate()
+            try:
+                dump.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+    finally:
+        shutil.copytree(tmp / "logs", out / "logs", dirs_exist_ok=True) if (tmp / "logs").is_dir() else None
+        shutil.rmtree(tmp, ignore_errors=True)
+    report("flows", 0, 1)
+    flows = pcap_to_flows(pcap, label_map(actors))
+    flows = flows[flows["Label"] != UNLABELLED].reset_index(drop=True)
+    path = out / "flows.csv.gz"
+    flows.to_csv(path, index=False)
+    cmd = command or f"bastion.ids.generate.generate(out_dir, seed={seed}, minutes={minutes}, clients={clients})"
+    write_card(make_card(flows, seed=seed, minutes=minutes, command=cmd, actors=actors, prefix=prefix,
+                         versions=tool_versions()), out)
+    report("flows", 1, 1)
+    return path
