@@ -20,7 +20,7 @@ import numpy as np
 
 from bastion.ids.generate.services import HOSTS
 
-THINK = 1.0
+THINK = 0.8
 MAX_TASKS = 5000
 TIMEOUT = 10.0
 PAGES = ("/", "/about", "/contact", "/products", "/news", "/login")
@@ -98,17 +98,17 @@ def main(server: str, seed: int, seconds: float, key: str) -> None:
     tasks = {name: globals()[name] for name in TASKS}
     end = time.monotonic() + seconds
     time.sleep(float(rng.uniform(0, 2.0)))
-    failures = 0
+    failures: dict[str, int] = {}
     for _ in range(MAX_TASKS):
         if time.monotonic() >= end:
             break
         name = str(rng.choice(TASKS, p=WEIGHTS))
         try:
             tasks[name](server, rng, key)
-        except (OSError, subprocess.SubprocessError, ftplib.Error):
-            failures += 1
+        except (OSError, subprocess.SubprocessError, ftplib.Error) as exc:
+            failures[f"{name}: {type(exc).__name__}"] = failures.get(f"{name}: {type(exc).__name__}", 0) + 1
         time.sleep(min(float(rng.exponential(THINK)), max(0.0, end - time.monotonic())))
-    sys.stdout.write(f"failures {failures}\n")
+    sys.stdout.write(f"failures: {failures}\n")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ Teardown kills every process started in the run's namespaces, then deletes them;
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -145,10 +146,8 @@ class Lab:
 
 
 def _signal(pid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _kill(p: subprocess.Popen) -> None:

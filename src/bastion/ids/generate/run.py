@@ -3,10 +3,12 @@ attacks, tear everything down, meter the capture into labelled flows and write t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -49,10 +51,11 @@ def _traffic(lab: Lab, tmp: Path, seconds: float, seed: int, clients: tuple[Acto
     services = start_services(lab, lab.ns(SERVER), tmp, seconds + 60, _env())
     rng = np.random.default_rng(seed)
     logs = tmp / "logs"
+    procs = []
     for i, c in enumerate(clients):
-        lab.spawn(lab.ns(c), ["timeout", "-k", "5", str(int(seconds + 20)), os.fspath(_python()), "-m",
+        procs.append(lab.spawn(lab.ns(c), ["timeout", "-k", "5", str(int(seconds + 20)), sys.executable, "-m",
                               "bastion.ids.generate.client", SERVER_IP, str(seed * 1000 + i), str(seconds),
-                              str(services.client_key)], env=_env(), log_to=(logs / f"{c.name}.log").open("w"))
+                              str(services.client_key)], env=_env(), log_to=(logs / f"{c.name}.log").open("w")))
     threads = []
     for actor, (name, steps) in zip(ATTACKERS, plans(intensity, seconds, seed, tmp).items(), strict=True):
         assert actor.name == name
@@ -64,17 +67,11 @@ def _traffic(lab: Lab, tmp: Path, seconds: float, seed: int, clients: tuple[Acto
     limit = seconds * 1.6 + 60  # every step has its own timeout; this is the backstop
     for _ in range(int(limit) + 1):
         elapsed = time.monotonic() - start
-        if elapsed >= seconds and not any(t.is_alive() for t in threads):
+        if elapsed >= seconds and not any(t.is_alive() for t in threads) and all(p.poll() is not None for p in procs):
             break
         on_progress("traffic", min(elapsed, seconds), seconds)
         time.sleep(1.0)
     on_progress("traffic", seconds, seconds)
-
-
-def _python() -> str:
-    import sys
-
-    return sys.executable
 
 
 def generate(out_dir: str | Path, *, seed: int = 0, minutes: float = 3.0, clients: int = 6,
@@ -99,16 +96,14 @@ def generate(out_dir: str | Path, *, seed: int = 0, minutes: float = 3.0, client
         with Lab(actors) as lab:
             prefix = lab.prefix
             report("network", 0, 1)
-            dump = lab.spawn(lab.bridge_ns, ["tcpdump", "-i", "br0", "-n", "-U", "-Z", "root", "-s", "0", "-w", str(pcap), "ip"],
-                             log_to=(tmp / "tcpdump.log").open("w"))
+            dump = lab.spawn(lab.bridge_ns, ["tcpdump", "-i", "br0", "-n", "-U", "-Z", "root", "-s", "0",
+                                             "-w", str(pcap), "ip"], log_to=(tmp / "tcpdump.log").open("w"))
             time.sleep(1.0)
             _traffic(lab, tmp, seconds, seed, actors[1:1 + clients], report, minutes)
             time.sleep(2.0)
             dump.terminate()
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 dump.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
     finally:
         shutil.copytree(tmp / "logs", out / "logs", dirs_exist_ok=True) if (tmp / "logs").is_dir() else None
         shutil.rmtree(tmp, ignore_errors=True)

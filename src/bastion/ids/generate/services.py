@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bastion.errors import InvalidInputError
 from bastion.ids.generate.actors import SERVER_IP, SUBNET
 from bastion.ids.generate.lab import Lab
 
@@ -49,8 +50,21 @@ def start_services(lab: Lab, ns: str, tmp: Path, seconds: float, env: dict[str, 
     key = _sshd(lab, ns, tmp, logs)
     _vsftpd(lab, ns, tmp, logs)
     _postgres(lab, ns, tmp, logs)
-    time.sleep(1.5)  # listeners up
+    _wait_listening(ns, 15.0)
     return Services(tmp, key)
+
+
+def _wait_listening(ns: str, seconds: float) -> None:
+    """Until every service listens in ``ns`` (``ss``), at most ``seconds``."""
+    want = {"80", "22", "21", "53"} | ({"5432"} if pg_bin() else set())
+    for _ in range(int(seconds / 0.25)):
+        p = subprocess.run(["ip", "netns", "exec", ns, "ss", "-Hltun"], capture_output=True, text=True, timeout=10,
+                           check=False)
+        if want <= {line.split()[4].rsplit(":", 1)[-1] for line in p.stdout.splitlines() if len(line.split()) > 4}:
+            return
+        time.sleep(0.25)
+    raise InvalidInputError(f"the lab's services did not all start within {seconds:.0f} s (wanted ports "
+                            f"{sorted(want)}); see the logs folder beside the capture")
 
 
 def _sshd(lab: Lab, ns: str, tmp: Path, logs: Path) -> Path:

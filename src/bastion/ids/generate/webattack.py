@@ -11,6 +11,7 @@ Each stops after COUNT requests or SECONDS, whichever is first; every socket has
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sys
 import time
@@ -44,10 +45,8 @@ def injections(kind: str, server: str, count: int, rng: np.random.Generator, end
             return
         suffix = "" if rng.random() < 0.5 else str(int(rng.integers(0, 100)))
         query = urllib.parse.urlencode({key: str(rng.choice(payloads)) + suffix})
-        try:
+        with contextlib.suppress(OSError):
             _request(f"http://{server}{path}?{query}")
-        except OSError:
-            pass
         time.sleep(float(rng.exponential(0.2)))
 
 
@@ -62,10 +61,8 @@ def slowloris(server: str, count: int, rng: np.random.Generator, end: float) -> 
             if time.monotonic() >= end:
                 return
             for s in socks:
-                try:
+                with contextlib.suppress(OSError):
                     s.sendall(f"X-a: {int(rng.integers(0, 5000))}\r\n".encode())
-                except OSError:
-                    pass
             time.sleep(min(float(rng.uniform(3.0, 6.0)), max(0.0, end - time.monotonic())))
     finally:
         for s in socks:
