@@ -112,8 +112,8 @@ def to_features(raw: pd.DataFrame, labels: dict[str, str] | None = None) -> pd.D
     out["Timestamp"] = pd.to_datetime(raw["bidirectional_first_seen_ms"], unit="ms", utc=True).dt.strftime(
         "%Y-%m-%d %H:%M:%S.%f").str[:-3].to_numpy()
     labels = labels or {}
-    src = raw["src_ip"].map(labels)
-    out[LABEL] = src.fillna(raw["dst_ip"].map(labels)).fillna(UNLABELLED).to_numpy()
+    src = raw["src_ip"].map(labels).astype(object)
+    out[LABEL] = src.fillna(raw["dst_ip"].map(labels).astype(object)).fillna(UNLABELLED).to_numpy()
     return out
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from bastion.ids.generate.actors import SERVER_IP
+from bastion.ids.generate.webapp import PASSWORD
 
 PASSWORDS = ("123456", "password", "12345678", "qwerty", "123456789", "12345", "1234", "111111", "1234567",
              "dragon", "123123", "baseball", "abc123", "football", "monkey", "letmein", "696969", "shadow",
@@ -42,11 +43,11 @@ def plans(intensity: float, seconds: float, seed: int, tmp: Path) -> dict[str, l
     ports, udp = int(min(200 * k, 1000)), int(min(20 * k, 100))
     nmap = ["nmap", "-n", "-Pn", "-e", "eth0", "--max-retries", "1", "--host-timeout", f"{int(t / 2)}s"]
     words = _words(tmp / "passwords.txt", int(min(25 * k, 100)), rng)
-    web_words = _words(tmp / "web_passwords.txt", int(min(25 * k, 100)), rng, extra=("wonderland42",))
+    web_words = _words(tmp / "web_passwords.txt", int(min(25 * k, 100)), rng, extra=(PASSWORD,))
     users = tmp / "users.txt"
     users.write_text("\n".join(USERS[: 2 + int(k)]) + "\n")
     hydra = ["hydra", "-I", "-t", "4", "-w", "5", "-W", "1"]
-    py = [sys.executable, "-m", "bastion.ids.generate.webattack"]
+    py = [sys.executable, str(Path(__file__).parent / "webattack.py")]
     flood = int(min(600 * k, 3000))
     slow = int(min(60 * k, 250))
     return {

@@ -1,9 +1,10 @@
-"""A benign user, run inside its own namespace: ``python -m bastion.ids.generate.client SERVER SEED SECONDS KEY``.
+"""A benign user, run inside its own namespace: ``python client.py SERVER SEED SECONDS KEY USER PASSWORD``.
 
 It repeats seeded, randomly chosen tasks (browse a few pages, look at a product, search, log in with the right
 password, resolve names, an SSH session, an anonymous FTP download, a database query) separated by exponential
 think times (mean ``THINK`` s), until SECONDS have passed or ``MAX_TASKS`` are done. Every network call has a
-timeout; failures are counted, never retried."""
+timeout; failures are counted, never retried. It imports only the standard library and numpy (it is run as a script, so
+each client starts in a fraction of a second)."""
 
 from __future__ import annotations
 
@@ -18,13 +19,14 @@ import urllib.request
 
 import numpy as np
 
-from bastion.ids.generate.services import HOSTS
+HOSTS = ("www", "shop", "mail", "ftp", "db", "api", "cdn", "intranet")
 
 THINK = 0.8
 MAX_TASKS = 5000
 TIMEOUT = 10.0
 PAGES = ("/", "/about", "/contact", "/products", "/news", "/login")
 TERMS = ("shoes", "red scarf", "winter coat", "socks", "gift card", "umbrella", "boots size 42")
+ACCOUNT = ["", ""]  # the shop's user and password, from the command line
 TASKS = ("browse", "product", "search", "login", "dns", "ssh", "ftp", "db")
 WEIGHTS = np.array([0.30, 0.12, 0.10, 0.08, 0.20, 0.06, 0.07, 0.07])
 
@@ -49,11 +51,9 @@ def search(server: str, rng: np.random.Generator, key: str) -> None:
 
 
 def login(server: str, rng: np.random.Generator, key: str) -> None:
-    from bastion.ids.generate.webapp import PASSWORD, USER
-
     _get(server, "/login")
     time.sleep(float(rng.exponential(1.0)))
-    data = urllib.parse.urlencode({"user": USER, "pass": PASSWORD}).encode()
+    data = urllib.parse.urlencode({"user": ACCOUNT[0], "pass": ACCOUNT[1]}).encode()
     with urllib.request.urlopen(f"http://{server}/login", data=data, timeout=TIMEOUT) as r:
         r.read()
 
@@ -112,4 +112,5 @@ def main(server: str, seed: int, seconds: float, key: str) -> None:
 
 
 if __name__ == "__main__":
+    ACCOUNT[:] = sys.argv[5:7]
     main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4])

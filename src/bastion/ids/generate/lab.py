@@ -71,6 +71,7 @@ class Lab:
         self.bits = subnet_bits
         self.bridge_ns = f"{self.prefix}-br"
         self.procs: list[subprocess.Popen] = []
+        self.files: list[IO] = []
 
     def ns(self, actor: Actor) -> str:
         return f"{self.prefix}-{actor.name}"
@@ -114,19 +115,21 @@ class Lab:
             subprocess.run([IP, "netns", "exec", ns, "sysctl", "-q", "-w", f"net.ipv6.conf.{key}.disable_ipv6=1"],
                            capture_output=True, timeout=20, check=False)
 
-    def spawn(self, ns: str, argv: list[str], *, log_to: IO | None = None,
-              env: dict[str, str] | None = None) -> subprocess.Popen:
-        """Start ``argv`` inside namespace ``ns`` in its own process group; killed at teardown."""
-        p = subprocess.Popen([IP, "netns", "exec", ns, *argv], stdout=log_to or subprocess.DEVNULL,
-                             stderr=subprocess.STDOUT if log_to else subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-                             start_new_session=True, env=env)
+    def spawn(self, ns: str, argv: list[str], *, log: Path | None = None) -> subprocess.Popen:
+        """Start ``argv`` inside namespace ``ns`` in its own process group (output appended to ``log``); killed at
+        teardown."""
+        out: IO | int = subprocess.DEVNULL
+        if log is not None:
+            out = log.open("a")
+            self.files.append(out)
+        p = subprocess.Popen([IP, "netns", "exec", ns, *argv], stdout=out, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, start_new_session=True)
         self.procs.append(p)
         return p
 
-    def run(self, ns: str, argv: list[str], *, timeout: float, log_to: IO | None = None,
-            env: dict[str, str] | None = None) -> int | None:
+    def run(self, ns: str, argv: list[str], *, timeout: float, log: Path | None = None) -> int | None:
         """Run ``argv`` in ``ns`` to completion, killing its whole process group after ``timeout`` seconds."""
-        p = self.spawn(ns, argv, log_to=log_to, env=env)
+        p = self.spawn(ns, argv, log=log)
         try:
             return p.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -137,6 +140,9 @@ class Lab:
         for p in self.procs:
             _kill(p)
         self.procs.clear()
+        for f in self.files:
+            f.close()
+        self.files.clear()
         listed = _ip("netns", "list", check=False).stdout.split("\n")
         ours = [line.split()[0] for line in listed if line.startswith(self.prefix + "-")]
         for ns in ours:

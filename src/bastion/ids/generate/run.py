@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -23,39 +22,31 @@ from bastion.ids.generate.actors import ATTACKERS, SERVER, SERVER_IP, Actor, ben
 from bastion.ids.generate.attacks import Step, plans
 from bastion.ids.generate.card import make_card, tool_versions, write_card
 from bastion.ids.generate.lab import Lab, require_privilege, require_tools
-from bastion.ids.generate.services import TOOLS, start_services
+from bastion.ids.generate.services import HERE, TOOLS, start_services
+from bastion.ids.generate.webapp import PASSWORD, USER
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, float, float], None]  # (phase, done, total)
-SRC = str(Path(__file__).resolve().parents[3])  # the folder holding the bastion package
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, env.get("PYTHONPATH", "")) if p)
-    return env
 
 
 def _attacker(lab: Lab, actor: Actor, steps: list[Step], delay: float, cwd: Path, logs: Path) -> None:
     time.sleep(delay)
-    with (logs / f"{actor.name}.log").open("w") as out:
-        for step in steps:
+    log = logs / f"{actor.name}.log"
+    for step in steps:
+        with log.open("a") as out:
             out.write(" ".join(step.argv) + "\n")
-            out.flush()
-            lab.run(lab.ns(actor), ["env", "-C", str(cwd), *step.argv], timeout=step.timeout, log_to=out,
-                    env=_env())
+        lab.run(lab.ns(actor), ["env", "-C", str(cwd), *step.argv], timeout=step.timeout, log=log)
 
 
 def _traffic(lab: Lab, tmp: Path, seconds: float, seed: int, clients: tuple[Actor, ...], on_progress: Progress,
              intensity: float) -> None:
-    services = start_services(lab, lab.ns(SERVER), tmp, seconds + 60, _env())
+    services = start_services(lab, lab.ns(SERVER), tmp, seconds + 60)
     rng = np.random.default_rng(seed)
     logs = tmp / "logs"
-    procs = []
-    for i, c in enumerate(clients):
-        procs.append(lab.spawn(lab.ns(c), ["timeout", "-k", "5", str(int(seconds + 20)), sys.executable, "-m",
-                              "bastion.ids.generate.client", SERVER_IP, str(seed * 1000 + i), str(seconds),
-                              str(services.client_key)], env=_env(), log_to=(logs / f"{c.name}.log").open("w")))
+    client = str(HERE / "client.py")
+    procs = [lab.spawn(lab.ns(c), ["timeout", "-k", "5", str(int(seconds + 20)), sys.executable, client,
+                                   SERVER_IP, str(seed * 1000 + i), str(seconds), str(services.client_key), USER,
+                                   PASSWORD], log=logs / f"{c.name}.log") for i, c in enumerate(clients)]
     threads = []
     for actor, (name, steps) in zip(ATTACKERS, plans(intensity, seconds, seed, tmp).items(), strict=True):
         assert actor.name == name
@@ -97,7 +88,7 @@ def generate(out_dir: str | Path, *, seed: int = 0, minutes: float = 3.0, client
             prefix = lab.prefix
             report("network", 0, 1)
             dump = lab.spawn(lab.bridge_ns, ["tcpdump", "-i", "br0", "-n", "-U", "-Z", "root", "-s", "0",
-                                             "-w", str(pcap), "ip"], log_to=(tmp / "tcpdump.log").open("w"))
+                                             "-w", str(pcap), "ip"], log=tmp / "tcpdump.log")
             time.sleep(1.0)
             _traffic(lab, tmp, seconds, seed, actors[1:1 + clients], report, minutes)
             time.sleep(2.0)

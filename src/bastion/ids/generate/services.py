@@ -1,8 +1,8 @@
 """The server namespace's services, each with a throw-away configuration in the run's temporary folder and bound to
 the server's address inside its namespace only: HTTP (``webapp``, port 80), DNS (dnsmasq, answers ``*.shop.lan``
 only, no upstream), SSH (sshd with its own host key; a key-only root login whose command is forced to a harmless
-one), FTP (vsftpd, anonymous read-only) and PostgreSQL (a fresh cluster as user postgres, trust within the lab
-subnet)."""
+one), FTP (vsftpd, anonymous read-only; every other user refused) and PostgreSQL (a fresh cluster as user
+postgres, trust within the lab subnet)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,8 @@ from pathlib import Path
 
 from bastion.errors import InvalidInputError
 from bastion.ids.generate.actors import SERVER_IP, SUBNET
+from bastion.ids.generate.client import HOSTS
 from bastion.ids.generate.lab import Lab
-
-HOSTS = ("www", "shop", "mail", "ftp", "db", "api", "cdn", "intranet")
 
 TOOLS = {"nmap": "nmap", "hping3": "hping3", "tcpdump": "tcpdump", "hydra": "hydra", "slowhttptest": "slowhttptest",
          "dnsmasq": "dnsmasq-base", "/usr/sbin/sshd": "openssh-server", "ssh": "openssh-client",
@@ -31,22 +30,24 @@ class Services:
     client_key: Path
 
 
+HERE = Path(__file__).parent  # webapp.py, client.py and webattack.py run as scripts (no bastion import)
+
+
 def pg_bin() -> Path | None:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     return Path(found[-1]).parent if found else None
 
 
-def start_services(lab: Lab, ns: str, tmp: Path, seconds: float, env: dict[str, str]) -> Services:
+def start_services(lab: Lab, ns: str, tmp: Path, seconds: float) -> Services:
     tmp.chmod(0o755)
     logs = tmp / "logs"
     logs.mkdir()
-    lab.spawn(ns, [sys.executable, "-m", "bastion.ids.generate.webapp", SERVER_IP, "80", str(seconds)],
-              env=env, log_to=(logs / "http.log").open("w"))
+    lab.spawn(ns, [sys.executable, str(HERE / "webapp.py"), SERVER_IP, "80", str(seconds)], log=logs / "http.log")
     lab.spawn(ns, ["dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
                    "--bind-interfaces", f"--listen-address={SERVER_IP}", "--local=/lan/", "--user=nobody",
                    f"--pid-file={tmp}/dnsmasq.pid",
                    *(f"--host-record={h}.shop.lan,{SUBNET}.{1 + i % 3}" for i, h in enumerate(HOSTS))],
-              log_to=(logs / "dns.log").open("w"))
+              log=logs / "dns.log")
     key = _sshd(lab, ns, tmp, logs)
     _vsftpd(lab, ns, tmp, logs)
     _postgres(lab, ns, tmp, logs)
@@ -77,9 +78,9 @@ def _sshd(lab: Lab, ns: str, tmp: Path, logs: Path) -> Path:
     (d / "sshd_config").write_text(
         f"Port 22\nListenAddress {SERVER_IP}\nHostKey {d / 'host'}\nPidFile {d / 'sshd.pid'}\n"
         f"AuthorizedKeysFile {d / 'authorized_keys'}\nPermitRootLogin prohibit-password\nPasswordAuthentication yes\n"
-        "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nMaxAuthTries 6\nMaxStartups 100:30:200\n"
+        "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nMaxAuthTries 2\nMaxStartups 100:30:200\n"
         "LoginGraceTime 20\nForceCommand echo shop-server; date; uptime\nAllowTcpForwarding no\nX11Forwarding no\n")
-    lab.spawn(ns, ["/usr/sbin/sshd", "-D", "-e", "-f", str(d / "sshd_config")], log_to=(logs / "sshd.log").open("w"))
+    lab.spawn(ns, ["/usr/sbin/sshd", "-D", "-e", "-f", str(d / "sshd_config")], log=logs / "sshd.log")
     return d / "client"
 
 
@@ -89,12 +90,16 @@ def _vsftpd(lab: Lab, ns: str, tmp: Path, logs: Path) -> None:
     empty.mkdir(mode=0o755)
     for i in range(5):
         (root / f"report{i}.txt").write_text("quarterly figures\n" * (40 * (i + 1)))
+    # only the anonymous names are on the allow list: any other user is refused at USER (no host account is ever
+    # tried) and, after one failure, disconnected, so each guessed password is one connection
+    (tmp / "ftp_users").write_text("anonymous\nftp\n")
     (tmp / "vsftpd.conf").write_text(
         f"listen=YES\nlisten_ipv6=NO\nlisten_address={SERVER_IP}\nbackground=NO\nanonymous_enable=YES\n"
-        f"anon_root={root}\nno_anon_password=YES\nlocal_enable=NO\nwrite_enable=NO\nseccomp_sandbox=NO\n"
-        f"secure_chroot_dir={empty}\nftp_username=nobody\nnopriv_user=nobody\npasv_enable=YES\n"
+        f"anon_root={root}\nno_anon_password=YES\nlocal_enable=YES\nuserlist_enable=YES\nuserlist_deny=NO\n"
+        f"userlist_file={tmp / 'ftp_users'}\nwrite_enable=NO\nseccomp_sandbox=NO\n"
+        f"secure_chroot_dir={empty}\nftp_username=ftp\nnopriv_user=nobody\nmax_login_fails=1\npasv_enable=YES\n"
         "pasv_min_port=40000\npasv_max_port=40200\nxferlog_enable=NO\nmax_clients=200\nmax_per_ip=50\n")
-    lab.spawn(ns, ["/usr/sbin/vsftpd", str(tmp / "vsftpd.conf")], log_to=(logs / "ftp.log").open("w"))
+    lab.spawn(ns, ["/usr/sbin/vsftpd", str(tmp / "vsftpd.conf")], log=logs / "ftp.log")
 
 
 def _postgres(lab: Lab, ns: str, tmp: Path, logs: Path) -> None:
@@ -110,4 +115,4 @@ def _postgres(lab: Lab, ns: str, tmp: Path, logs: Path) -> None:
         f.write(f"host all all {SUBNET}.0/24 trust\n")
     lab.spawn(ns, ["runuser", "-u", "postgres", "--", str(bin_ / "postgres"), "-D", str(data), "-p", "5432",
                    "-c", f"listen_addresses={SERVER_IP}", "-c", f"unix_socket_directories={data}",
-                   "-c", "fsync=off"], log_to=(logs / "postgres.log").open("w"))
+                   "-c", "fsync=off"], log=logs / "postgres.log")

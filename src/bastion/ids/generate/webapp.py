@@ -1,5 +1,5 @@
 """The generator's web shop: a threaded stdlib HTTP server with pages, a product lookup, a search box and a login
-form. Run inside the server namespace: ``python -m bastion.ids.generate.webapp ADDRESS PORT SECONDS``.
+form. Run inside the server namespace: ``python webapp.py ADDRESS PORT SECONDS`` (standard library only).
 
 It is deliberately naive (the search echoes its query, the product id is pasted into a fake SQL string) so the web
 attacks get real answers; it never executes anything. It stops by itself after SECONDS; each connection times

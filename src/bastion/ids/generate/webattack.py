@@ -1,5 +1,5 @@
 """Web attacks without a packaged tool, run inside the attacker's namespace:
-``python -m bastion.ids.generate.webattack KIND SERVER COUNT SEED SECONDS``.
+``python webattack.py KIND SERVER COUNT SEED SECONDS`` (standard library and numpy only).
 
 - ``sqli``: COUNT requests of the product page with classic SQL-injection payloads (tautologies, UNION, comments,
   stacked queries, time-based), as CIC-IDS2017's Selenium-driven injection did against DVWA;
