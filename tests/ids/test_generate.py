@@ -178,3 +178,13 @@ def test_generate_end_to_end_in_namespaces(tmp_path: Path) -> None:
         assert (df.loc[df[LABEL] == label, "Destination Port"] == port).all(), label
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=20).stdout
     assert card["topology"]["namespace_prefix"] not in listed  # torn down
+
+
+@pytest.mark.parametrize(("kw", "match"), [({"minutes": 0.0}, "minutes must be between"),
+                                           ({"minutes": 1.0, "clients": 0}, "clients must be between")])
+def test_bad_sizes_are_one_line(tmp_path: Path, kw: dict, match: str) -> None:
+    from bastion.ids.generate import generate
+
+    with pytest.raises(InvalidInputError, match=match) as e:
+        generate(tmp_path, seed=0, **kw)
+    assert "\n" not in str(e.value)

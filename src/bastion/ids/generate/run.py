@@ -65,11 +65,34 @@ def _traffic(lab: Lab, tmp: Path, seconds: float, seed: int, clients: tuple[Acto
     on_progress("traffic", seconds, seconds)
 
 
+def _capture(actors: tuple[Actor, ...], pcap: Path, seed: int, minutes: float, clients: int, report: Progress,
+             logs: Path) -> str:
+    """Build the lab, capture its traffic into ``pcap``, tear it down; returns the run's namespace prefix."""
+    tmp = Path(tempfile.mkdtemp(prefix="bastion-ids-"))
+    try:
+        with Lab(actors) as lab:
+            report("network", 0, 1)
+            dump = lab.spawn(lab.bridge_ns, ["tcpdump", "-i", "br0", "-n", "-U", "-Z", "root", "-s", "0",
+                                             "-w", str(pcap), "ip"], log=tmp / "tcpdump.log")
+            time.sleep(1.0)
+            _traffic(lab, tmp, minutes * 60, seed, actors[1:1 + clients], report, minutes)
+            time.sleep(2.0)
+            dump.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                dump.wait(timeout=10)
+            return lab.prefix
+    finally:
+        if (tmp / "logs").is_dir():
+            shutil.copytree(tmp / "logs", logs, dirs_exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def generate(out_dir: str | Path, *, seed: int = 0, minutes: float = 3.0, clients: int = 6,
              command: str | None = None, on_progress: Progress | None = None) -> Path:
     """Generate ``minutes`` of labelled traffic; returns the path of ``flows.csv.gz`` in ``out_dir`` (beside it:
     ``capture.pcap``, ``card.json``, ``CARD.md``). Needs root (network namespaces) and the tools of
-    ``services.TOOLS``."""
+    ``services.TOOLS``. The services' and tools' logs are kept in ``out_dir/logs``. Flows with no actor's address
+    on either end (none are expected: nothing else is on the network) are left out."""
     if not 0.1 <= minutes <= 60:
         raise InvalidInputError(f"minutes must be between 0.1 and 60, got {minutes}; e.g. --minutes 3")
     if not 1 <= clients <= 50:
@@ -79,27 +102,10 @@ def generate(out_dir: str | Path, *, seed: int = 0, minutes: float = 3.0, client
     report = on_progress or (lambda *_: None)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    seconds = minutes * 60
     actors = (SERVER, *benign_clients(clients), *ATTACKERS)
-    tmp = Path(tempfile.mkdtemp(prefix="bastion-ids-"))
-    pcap = out / "capture.pcap"
-    try:
-        with Lab(actors) as lab:
-            prefix = lab.prefix
-            report("network", 0, 1)
-            dump = lab.spawn(lab.bridge_ns, ["tcpdump", "-i", "br0", "-n", "-U", "-Z", "root", "-s", "0",
-                                             "-w", str(pcap), "ip"], log=tmp / "tcpdump.log")
-            time.sleep(1.0)
-            _traffic(lab, tmp, seconds, seed, actors[1:1 + clients], report, minutes)
-            time.sleep(2.0)
-            dump.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                dump.wait(timeout=10)
-    finally:
-        shutil.copytree(tmp / "logs", out / "logs", dirs_exist_ok=True) if (tmp / "logs").is_dir() else None
-        shutil.rmtree(tmp, ignore_errors=True)
+    prefix = _capture(actors, out / "capture.pcap", seed, minutes, clients, report, out / "logs")
     report("flows", 0, 1)
-    flows = pcap_to_flows(pcap, label_map(actors))
+    flows = pcap_to_flows(out / "capture.pcap", label_map(actors))
     flows = flows[flows["Label"] != UNLABELLED].reset_index(drop=True)
     path = out / "flows.csv.gz"
     flows.to_csv(path, index=False)
