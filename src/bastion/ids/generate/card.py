@@ -16,7 +16,8 @@ from bastion.ids.generate.actors import SERVER, Actor
 
 VERSION_COMMANDS = {"nmap": ["nmap", "--version"], "hping3": ["hping3", "--version"], "hydra": ["hydra", "-h"],
                     "slowhttptest": ["slowhttptest", "-h"], "tcpdump": ["tcpdump", "--version"],
-                    "sshd": ["/usr/sbin/sshd", "-V"], "vsftpd": ["/usr/sbin/vsftpd", "-v"],
+                    "sshd": ["/usr/sbin/sshd", "-V"],
+                    "vsftpd": ["dpkg-query", "-W", "-f=${Version}", "vsftpd"],  # vsftpd -v writes to stdin
                     "dnsmasq": ["dnsmasq", "-v"], "psql": ["psql", "--version"]}
 
 
