@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 import torch
+from tests.attacks.tabular_flows import flow_threat, flows, random_mlp
 from torch import nn
 
 from bastion.attacks import ATTACKS
@@ -16,9 +17,19 @@ EPS = {"linf": 0.1, "l2": 0.8, "l1": 4.0}
 CONTRACT_PARAMS: dict[str, dict[str, Any]] = {
     "square": {"max_queries": 300}, "nes": {"max_queries": 500}, "spsa": {"steps": 10}, "zoo": {"steps": 20},
     "hopskipjump": {"max_queries": 1000}, "boundary": {"max_queries": 500}, "cw": {"max_iterations": 50},
+    "moeva2": {"generations": 5, "population": 20, "offspring": 20},
+    "caa": {"generations": 5, "population": 20, "offspring": 20},
 }
 
-CASES = [(name, norm) for name in ATTACKS for norm in ATTACKS.get(name).norms]
+# Attacks are routed by the threat kinds they accept: Lp attacks get the image-like Lp cases below, attacks for
+# tabular threats only get a small flow table with constraints (tabular_case).
+CASES = [(name, norm) for name in ATTACKS if "lp" in ATTACKS.get(name).threats for norm in ATTACKS.get(name).norms]
+TABULAR_CASES = [(name, norm) for name in ATTACKS if "lp" not in ATTACKS.get(name).threats
+                 and "tabular" in ATTACKS.get(name).threats for norm in ATTACKS.get(name).norms]
+TABULAR_EPS = {"linf": 0.1, "l2": 0.2}
+# the genetic attacks need a few more generations than the contract's 5 to be clear of chance when targeted
+TABULAR_TARGETED_PARAMS = {"moeva2": {"generations": 15, "population": 20, "offspring": 20},
+                           "caa": {"generations": 15, "population": 20, "offspring": 20}}
 
 
 def _model() -> nn.Module:
@@ -90,6 +101,57 @@ def test_targeted_mode_goes_for_the_target(name: str, norm: str) -> None:
         f"{int((free.adv_pred == targets).sum())}")
 
 
+@pytest.mark.parametrize(("name", "norm"), TABULAR_CASES)
+def test_tabular_attack_contract(name: str, norm: str) -> None:
+    """The contract inside a tabular threat: a flow table with an immutable port, integer counts, a derived mean and
+    an inequality. Every returned row satisfies every constraint (budget attacks), the port never moves, and the
+    rest of the contract holds as for Lp attacks."""
+    model = random_mlp(5)
+    params_before = [p.detach().clone() for p in model.parameters()]
+    x, y = flows(12, seed=3)
+    x_copy, y_copy = x.clone(), y.clone()
+    threat = flow_threat(norm, torch.linspace(0.5, 1.5, len(y)) * TABULAR_EPS[norm])  # per-row eps
+    threat.validate(x)
+    rng_before = torch.random.get_rng_state()
+
+    adv = _call(name, model, x, y, threat, seed=0)
+
+    assert torch.equal(torch.random.get_rng_state(), rng_before), "attack touched the global RNG"
+    assert isinstance(adv, torch.Tensor) and adv.shape == x.shape and adv.dtype == x.dtype
+    assert adv.device == x.device and not adv.requires_grad
+    assert torch.equal(x, x_copy) and torch.equal(y, y_copy), "attack mutated its inputs"
+    assert not model.training, "attack left the model in train mode"
+    assert all(p.grad is None for p in model.parameters()), "attack accumulated parameter gradients"
+    assert all(torch.equal(a, b) for a, b in zip(params_before, model.parameters(), strict=True))
+    assert torch.isfinite(adv).all()
+    assert torch.equal(adv[:, 0], x[:, 0]), "an immutable feature moved"
+    if ATTACKS.get(name).goal == "budget":
+        bad = {k: int(v.sum()) for k, v in threat.violations(adv, x).items() if v.any()}
+        assert threat.contains(adv, x).all(), f"budget attack left the threat: {bad}"
+    again = _call(name, model, x, y, threat, seed=0)
+    assert torch.equal(adv, again), "same seed gave a different result"
+
+
+@pytest.mark.parametrize(("name", "norm"), TABULAR_CASES)
+def test_tabular_targeted_mode_goes_for_the_target(name: str, norm: str) -> None:
+    """Targeted mode inside a tabular threat, through the runner: more targets reached than the untargeted run
+    happens to land on, and every success is the target class."""
+    from bastion.evaluation.runner import choose_targets, run_attack
+
+    model, (x, _) = random_mlp(5), flows(12, seed=3)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    targets = choose_targets(model, x, y, "random", 5, torch.Generator().manual_seed(0))
+    threat = flow_threat(norm, TABULAR_EPS[norm])
+    params = TABULAR_TARGETED_PARAMS.get(name, {})
+    hit = run_attack(model, x, y, threat, name, targets=targets, generator=torch.Generator().manual_seed(0), **params)
+    free = run_attack(model, x, y, threat, name, generator=torch.Generator().manual_seed(0), **params)
+    assert hit.targeted and bool((hit.adv_pred[hit.success] == targets[hit.success]).all())
+    assert int(hit.success.sum()) > int((free.adv_pred == targets).sum()), (
+        f"{name} {norm}: targeted mode reached {int(hit.success.sum())} targets, the untargeted run landed on "
+        f"{int((free.adv_pred == targets).sum())}")
+
+
 def test_registry_metadata_is_complete() -> None:
     assert {"fgsm", "pgd"} <= set(ATTACKS)
     for name in ATTACKS:
@@ -135,4 +197,13 @@ def test_every_attack_runs_on_the_device(device: str) -> None:
         assert (runs[0] >= 0).all() and (runs[0] <= 1).all(), name
         if spec.goal == "budget":
             assert threat.contains(runs[0], x).all(), name
+        assert torch.equal(runs[0], runs[1]), f"{name}: same seed, different result on {device}"
+    model, (x, y) = random_mlp(5).to(device), flows(12, seed=3)
+    x, y = x.to(device), y.to(device)
+    for name, norm in TABULAR_CASES:
+        threat = flow_threat(norm, TABULAR_EPS[norm])
+        spec = ATTACKS.get(name)
+        runs = [spec.fn(model, x, y, threat, generator=torch.Generator(device=device).manual_seed(0),
+                        **CONTRACT_PARAMS.get(name, {})) for _ in range(2)]
+        assert runs[0].device == x.device and threat.contains(runs[0], x).all(), name
         assert torch.equal(runs[0], runs[1]), f"{name}: same seed, different result on {device}"

@@ -14,10 +14,10 @@ SRC = Path(bastion.__file__).parent
 # (layer, module prefixes), lowest first; the most specific (longest) matching prefix decides.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("bastion.errors", "bastion.registry", "bastion.progress", "bastion.oracle", "bastion.batch",
-              "bastion.yamlfile")),
+              "bastion.yamlfile", "bastion.tables")),
     ("threats", ("bastion.threats", "bastion.threat", "bastion.validate")),
     ("data", ("bastion.data", "bastion.ids.features", "bastion.ids.flows", "bastion.ids.generate",
-              "bastion.ids.loaders", "bastion.ids.snapshot")),
+              "bastion.ids.loaders", "bastion.ids.formats", "bastion.ids.snapshot")),
     ("models", ("bastion.zoo", "bastion.ids.models")),
     # the runner is the attacks' harness (run one attack, count, re-check); training-time checks use it too
     ("algorithms", ("bastion.attacks", "bastion.blackbox.target", "bastion.blackbox.decision",
@@ -34,10 +34,11 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("store", ("bastion.store", "bastion.evaluation.store", "bastion.evaluation.claims")),
     ("runs", ("bastion.evaluation", "bastion.evaluation.job", "bastion.evaluation.summary", "bastion.evaluation.report",
               "bastion.evaluation.plots", "bastion.certification", "bastion.compare.deployable",
-              "bastion.poisoning.table", "bastion.stealing.table")),
+              "bastion.poisoning.table", "bastion.stealing.table", "bastion.ids.job",
+              "bastion.ids.report")),
     ("api", ("bastion.api", "bastion.report")),
     ("jobs", ("bastion.evaluation.sweep", "bastion.compare", "bastion.poisoning.matrix", "bastion.poisoning.api",
-              "bastion.stealing.run", "bastion.stealing.api")),
+              "bastion.stealing.run", "bastion.stealing.api", "bastion.ids.api")),
     ("cli", ("bastion.cli", "bastion.__main__")),
 ]
 RANK = {name: i for i, (name, _) in enumerate(LAYERS)}

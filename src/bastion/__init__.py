@@ -28,6 +28,10 @@ def __getattr__(name: str) -> Any:
         from bastion.poisoning.api import poison
 
         return poison
+    if name == "ids_evaluate":
+        from bastion.ids.api import ids_evaluate
+
+        return ids_evaluate
     if name == "steal":
         from bastion.stealing.api import steal
 
@@ -35,4 +39,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'bastion' has no attribute {name!r}")
 
 
-__all__ = ["BastionError", "LpThreat", "Report", "__version__", "attack", "certify", "evaluate", "poison", "steal"]
+__all__ = ["BastionError", "LpThreat", "Report", "__version__", "attack", "certify", "evaluate", "ids_evaluate",
+           "poison", "steal"]

@@ -7,4 +7,7 @@ from bastion.attacks.base import ATTACKS, AttackSpec, get_attack, register_attac
 # isort: split
 from bastion.attacks import boundary, hopskipjump, mi_fgsm, nes, spsa, square, zoo  # noqa: F401  (black-box)
 
+# isort: split
+from bastion.attacks import caa, capgd, cpgd, moeva2  # noqa: F401  (tabular threats with feature constraints)
+
 __all__ = ["ATTACKS", "AttackSpec", "bpda", "eot", "get_attack", "register_attack"]

@@ -177,7 +177,8 @@ def _recheck(
     if spec.goal == "budget":
         outside = int((~inside & attacked).sum())
         adversarial = threat.project(adversarial, inputs)
-        inside = torch.ones_like(inside)
+        # an Lp projection always lands inside; a constrained threat's repair may not, and then it is no success
+        inside = torch.ones_like(inside) if threat.kind == "lp" else threat.contains(adversarial, inputs)
     with torch.no_grad():
         adv_pred = model(adversarial).argmax(1)
     hit = adv_pred != labels if targets is None else adv_pred == targets

@@ -10,6 +10,7 @@ from typing import Any
 
 from bastion.poisoning.config import PoisonConfig
 from bastion.store import Store
+from bastion.tables import html_table
 
 
 def summarize(config: PoisonConfig, store: Store, result: Any) -> dict[str, Any]:
@@ -180,12 +181,6 @@ def plot_detection(summary: dict[str, Any], path: Path) -> Path | None:
     return path
 
 
-def _html_table(headers: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
 def _shade(asr: float | None) -> str:
     """A cell background from white (0% attack success) to red (100%)."""
     if asr is None:
@@ -220,14 +215,14 @@ def html_page(summary: dict[str, Any], run_id: str, images: dict[str, str]) -> s
             f"{summary['target']}, victim {esc(summary['recipe']['arch'])} trained {summary['recipe']['epochs']} "
             f"epochs; run {esc(run_id)}. Each cell: attack success rate / clean accuracy (an input the defense "
             "rejects counts as a failed attack and as a wrong answer).</p>"
-            + _html_table(["attack", "clean model's ASR", *summary["defenses"]], matrix)
-            + ("<h2>Detection against the recorded poisoned points</h2>" + _html_table(
-                ["attack", "defense", "TPR", "FPR", "AUC", "flagged"], det) if det else "")
+            + html_table(["attack", "clean model's ASR", *summary["defenses"]], matrix, markup=True)
+            + ("<h2>Detection against the recorded poisoned points</h2>" + html_table(
+                ["attack", "defense", "TPR", "FPR", "AUC", "flagged"], det, markup=True) if det else "")
             + "<h2>Cost</h2><p>Passes: samples through the model (forward) and, of those, with gradients.</p>"
-            + _html_table(["attack", "poisoned points", "attack CPU s", "attack passes (fwd / grad)", "train CPU s"],
-                          cost)
-            + (_html_table(["attack", "defense", "defense CPU s", "defense passes (fwd / grad)"], dcost) if dcost
-               else "")
+            + html_table(["attack", "poisoned points", "attack CPU s", "attack passes (fwd / grad)", "train CPU s"],
+                          cost, markup=True)
+            + (html_table(["attack", "defense", "defense CPU s", "defense passes (fwd / grad)"], dcost,
+                          markup=True) if dcost else "")
             + figs + "</body></html>")
 
 

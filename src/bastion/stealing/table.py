@@ -10,6 +10,7 @@ from typing import Any
 
 from bastion.stealing.config import NONE, StealConfig
 from bastion.store import Store
+from bastion.tables import html_table, markdown_table
 
 
 def summarize(config: StealConfig, store: Store, cells: dict[tuple[str, str], str], defenses: dict[str, Any],
@@ -74,18 +75,13 @@ def detection(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return headers, rows
 
 
-def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers), *("| " + " | ".join(r) + " |"
-                                                                           for r in rows)]
-
-
 def markdown(summary: dict[str, Any], run_id: str) -> str:
     lines = [f"# Stealing {summary['name']}", "",
              f"Victim {summary['victim']} ({summary['dataset']}), thief pool {summary['pool']}, budget "
              f"{summary['budget']} queries, copy {summary['thief']['arch']}; run {run_id}.", "",
-             "## The copy, the honest users, the transfer", "", *_md_table(*three_way(summary)), ""]
+             "## The copy, the honest users, the transfer", "", *markdown_table(*three_way(summary)), ""]
     if summary["detectors"]:
-        lines += ["## Detection", "", *_md_table(*detection(summary)), ""]
+        lines += ["## Detection", "", *markdown_table(*detection(summary)), ""]
     lines += ["## Curves (accuracy / fidelity of the copy)", ""]
     for c in summary["cells"]:
         points = ", ".join(f"{p['queries']}: {_pct(p.get('accuracy'))} / {_pct(p.get('fidelity'))}" for p in c["curve"])
@@ -119,12 +115,6 @@ def plot_curves(summary: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def _html_table(headers: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
 def html_page(summary: dict[str, Any], run_id: str, image: str) -> str:
     esc = html.escape
     title = f"Stealing {esc(summary['name'])}"
@@ -138,10 +128,10 @@ def html_page(summary: dict[str, Any], run_id: str, image: str) -> str:
             f"{esc(run_id)}. Fidelity: the copy's agreement with the plain victim on the test split; transfer: "
             "adversarial examples crafted on the copy that fool the deployed victim; honest accuracy: the deployed "
             "(defended) victim's test accuracy.</p><h2>The copy, the honest users, the transfer</h2>"
-            + _html_table(*three_way(summary))
-            + ("<h2>Detection</h2>" + _html_table(*detection(summary)) if summary["detectors"] else "")
+            + html_table(*three_way(summary))
+            + ("<h2>Detection</h2>" + html_table(*detection(summary)) if summary["detectors"] else "")
             + f"<h2>Curves</h2><img src='{esc(image)}' alt='fidelity and accuracy against queries'>"
-            + "<h2>Cost</h2>" + _html_table(["attack", "defense", "queries", "answers", "attack seconds"], cost)
+            + "<h2>Cost</h2>" + html_table(["attack", "defense", "queries", "answers", "attack seconds"], cost)
             + "</body></html>")
 
 

@@ -60,6 +60,8 @@ def threat_from_dict(data: dict[str, Any]) -> Threat:
     """Rebuild a threat from its ``to_dict`` form (as stored with a run)."""
     if "kind" not in data:
         raise InvalidInputError(f"A stored threat needs a 'kind'; got keys {sorted(data)}.")
+    if data["kind"] == "tabular":
+        import bastion.threats.tabular  # noqa: F401  (registers itself; imported lazily: it builds on bastion.threat)
     cls = THREATS.get(str(data["kind"]))
     return cls.from_dict(data)  # type: ignore[attr-defined,no-any-return]
 

@@ -1,0 +1,104 @@
+"""The validated description of an IDS evaluation (YAML, pydantic) and its built-in presets.
+
+An evaluation fixes the flows (bastion's shipped snapshot by default, or a CSV in any format
+``bastion.ids.loaders`` reads), how they are split (stratified, seeded), the detectors to train, the threat (an Lp
+budget in the scaled space plus the flow constraints: derived for the CIC layout, or a constraint file) and the
+evasion attacks. Every attack runs against every detector on the test split's attack flows that the detector
+catches; success means the detector then calls the flow benign, and every adversarial flow is checked against every
+constraint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from bastion.errors import InvalidInputError, config_errors
+from bastion.yamlfile import preset_names as yaml_presets
+from bastion.yamlfile import read_preset
+
+PRESETS = Path(__file__).parent / "presets"
+SNAPSHOT = "snapshot"
+
+
+class Entry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    label: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name
+
+
+class Training(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(1e-3, gt=0)
+
+
+class IdsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = "ids"
+    data: str = Field(SNAPSHOT, description="'snapshot' (bastion's generated flows) or a CSV file of flows")
+    format: str = Field("auto", description="the CSV's format (auto, bastion, cic2017, cic2018, nsl-kdd, unsw-nb15)")
+    nonfinite: Literal["error", "drop", "zero"] = "error"
+    extra: Literal["error", "drop"] = Field("error", description="columns outside bastion's CIC layout (a full "
+                                                                  "CIC file has 78+): error, or drop them")
+    test_fraction: float = Field(0.3, gt=0, lt=1)
+    max_train: int = Field(20000, ge=10, description="at most this many training flows (stratified subsample)")
+    labels: Literal["binary", "multiclass"] = Field("binary", description="benign vs attack, or one class per attack")
+    seed: int = 0
+    detectors: list[Entry] = Field(default_factory=lambda: [Entry(name="mlp")])
+    training: Training = Field(default_factory=Training)
+    norm: Literal["linf", "l2"] = "linf"
+    eps: float = Field(0.1, gt=0, description="the budget in the scaled space (a feature's range is 1)")
+    constraints: str | None = Field(None, description="a constraint file (docs/IDS.md); default: the CIC relations")
+    attacks: list[Entry]
+    per_class: int = Field(100, ge=1, description="attack flows attacked per class (the detected ones among them)")
+
+    @model_validator(mode="after")
+    def _check(self) -> IdsConfig:
+        if not self.attacks:
+            raise ValueError("the evaluation needs at least one attack (see `bastion ids list`)")
+        if not self.detectors:
+            raise ValueError("the evaluation needs at least one detector (see `bastion ids list`)")
+        for kind, entries in (("attack", self.attacks), ("detector", self.detectors)):
+            keys = [e.key for e in entries]
+            dup = sorted({k for k in keys if keys.count(k) > 1})
+            if dup:
+                raise ValueError(f"{kind} {dup[0]!r} appears twice; give one of them a distinct `label`")
+        return self
+
+
+def spec_hash(*parts: Any) -> str:
+    blob = json.dumps([p.model_dump(mode="json") if isinstance(p, BaseModel) else p for p in parts], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def preset_names() -> list[str]:
+    return yaml_presets(PRESETS)
+
+
+def load_ids(source: str | Path, *, quick: bool = False) -> IdsConfig:
+    """A YAML file or a built-in preset (``snapshot``); ``quick`` applies its ``quick:`` overrides."""
+    data, path = read_preset(source, PRESETS, "IDS evaluation (docs/IDS.md)", "bastion ids evaluate")
+    overrides = data.pop("quick", None) or {}
+    if quick:
+        data = {**data, **overrides, "name": f"{data.get('name', 'ids')}-quick"}
+    return parse_ids(data, str(path))
+
+
+def parse_ids(data: dict[str, Any], where: str = "the IDS evaluation") -> IdsConfig:
+    try:
+        return IdsConfig.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidInputError(f"{where}: invalid IDS evaluation: {config_errors(exc)}") from None
+    except ValueError as exc:
+        raise InvalidInputError(f"{where}: {exc}") from None
