@@ -22,4 +22,14 @@ command -v chromium >/dev/null 2>&1 || apt_install chromium "the HTML rendering 
 # port of 127.0.0.1, as the postgres user this package creates); bastion itself needs only a server URL.
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
   apt_install postgresql "the PostgreSQL store tests will be skipped"
+# bastion's IDS traffic generator (`bastion ids generate`, its end-to-end test): a virtual network in Linux network
+# namespaces with real services and real attack tools. Without them the generator names the missing package and the
+# end-to-end test is not run; the shipped snapshot needs none of them.
+# (Where systemd runs, Debian starts the packages' own sshd and vsftpd on install; the generator never uses them: it
+# starts its own, with throw-away configurations, inside its namespaces.)
+for tool in "ip iproute2" "tcpdump tcpdump" "nmap nmap" "hping3 hping3" "hydra hydra" "slowhttptest slowhttptest" \
+            "dnsmasq dnsmasq-base" "/usr/sbin/sshd openssh-server" "ssh openssh-client" "/usr/sbin/vsftpd vsftpd"; do
+  set -- $tool
+  command -v "$1" >/dev/null 2>&1 || apt_install "$2" "traffic generation (bastion ids generate) will be unavailable"
+done
 exit 0

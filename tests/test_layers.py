@@ -17,7 +17,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
               "bastion.yamlfile", "bastion.tables")),
     ("threats", ("bastion.threats", "bastion.threat", "bastion.validate")),
     ("data", ("bastion.data", "bastion.ids.features", "bastion.ids.flows", "bastion.ids.generate",
-              "bastion.ids.loaders", "bastion.ids.formats")),
+              "bastion.ids.loaders", "bastion.ids.formats", "bastion.ids.snapshot")),
     ("models", ("bastion.zoo", "bastion.ids.models")),
     # the runner is the attacks' harness (run one attack, count, re-check); training-time checks use it too
     ("algorithms", ("bastion.attacks", "bastion.blackbox.target", "bastion.blackbox.decision",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from bastion.cli import adv_train, certify, compare, data, defend, evaluate, models, poison, runs, steal, sweep
+from bastion.cli import adv_train, certify, compare, data, defend, evaluate, ids, models, poison, runs, steal, sweep
 
 app = typer.Typer(help="bastion: measure and improve the adversarial robustness of deep-learning models.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -27,6 +27,7 @@ app.add_typer(defend.defend_app, name="defend")
 app.command("compare")(compare.compare_cmd)
 app.add_typer(poison.poison_app, name="poison")
 app.add_typer(steal.steal_app, name="steal")
+app.add_typer(ids.ids_app, name="ids")
 
 
 def main() -> None:
