@@ -8,7 +8,21 @@ from __future__ import annotations
 
 import typer
 
-from bastion.cli import adv_train, certify, compare, data, defend, evaluate, ids, models, poison, runs, steal, sweep
+from bastion.cli import (
+    adv_train,
+    certify,
+    compare,
+    data,
+    defend,
+    evaluate,
+    ids,
+    ids_eval,  # noqa: F401  (adds evaluate, train, attack and list to `bastion ids`)
+    models,
+    poison,
+    runs,
+    steal,
+    sweep,
+)
 
 app = typer.Typer(help="bastion: measure and improve the adversarial robustness of deep-learning models.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
