@@ -89,7 +89,8 @@ class Best:
         better = valid & (~self.valid[rows] | (adv & ~old_adv) | ((adv == old_adv) & (score > old_score)))
         take = rows[better]
         self.x[take] = cand[better].detach()
-        self.valid[take], self.adv[take], self.score[take] = True, adv[better], score[better]
+        self.valid[take], self.adv[take] = True, adv[better]
+        self.score[take] = score[better].to(self.score.dtype)  # a float32 model may attack float64 rows
 
     def result(self, fallback: Tensor) -> Tensor:
         """The best valid candidates, and ``fallback`` (the projected last iterate) where none was valid."""
