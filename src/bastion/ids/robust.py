@@ -123,8 +123,9 @@ def _settings(method: str, ratio: float | None, eps: float | None, threat: Tabul
     if method == "capgd":
         check_params(get_attack("capgd"), params)
     elif set(params) - {"steps", "step_size"}:
-        raise InvalidInputError(f"method 'khamis' has no attack parameter {', '.join(sorted(set(params) - {'steps', 'step_size'}))}; "
-                                "its parameters: steps, step_size.")
+        unknown = ", ".join(sorted(set(params) - {"steps", "step_size"}))
+        raise InvalidInputError(f"method 'khamis' has no attack parameter {unknown}; its parameters: steps, "
+                                "step_size.")
     return ratio, budget
 
 
