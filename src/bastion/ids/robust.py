@@ -117,6 +117,8 @@ def _settings(method: str, ratio: float | None, eps: float | None, threat: Tabul
     ratio = DEFAULT_RATIO[method] if ratio is None else float(ratio)
     if not 0.0 <= ratio <= 1.0:
         raise InvalidInputError(f"ratio={ratio} must lie in [0, 1] (the share of each batch's attack rows replaced).")
+    if eps is None and isinstance(threat.eps, Tensor) and threat.eps.numel() > 1:
+        raise InvalidInputError("the threat has a per-row eps; pass one eps for training.")
     budget = float(threat.eps) if eps is None else float(eps)  # type: ignore[arg-type]
     if not (math.isfinite(budget) and budget >= 0):
         raise InvalidInputError(f"eps={eps} must be a finite non-negative number (scaled units).")
@@ -126,6 +128,8 @@ def _settings(method: str, ratio: float | None, eps: float | None, threat: Tabul
         unknown = ", ".join(sorted(set(params) - {"steps", "step_size"}))
         raise InvalidInputError(f"method 'khamis' has no attack parameter {unknown}; its parameters: steps, "
                                 "step_size.")
+    if int(params.get("steps", 1)) < 1 or not float(params.get("step_size", 1.0)) > 0:
+        raise InvalidInputError("steps must be at least 1 and step_size positive.")
     return ratio, budget
 
 
