@@ -19,6 +19,7 @@ CONTRACT_PARAMS: dict[str, dict[str, Any]] = {
     "hopskipjump": {"max_queries": 1000}, "boundary": {"max_queries": 500}, "cw": {"max_iterations": 50},
     "moeva2": {"generations": 5, "population": 20, "offspring": 20},
     "caa": {"generations": 5, "population": 20, "offspring": 20},
+    "tabular-zoo": {"steps": 30}, "idsgan": {"epochs": 20}, "kde-evasion": {"steps": 20},
 }
 
 # Attacks are routed by the threat kinds they accept: Lp attacks get the image-like Lp cases below, attacks for

@@ -106,13 +106,14 @@ class Gan:
         self.d = _layers([d + self.classes] + [hidden] * 4 + [1], nn.LeakyReLU(0.2), generator, inputs)
         self.free = threat.free.to(inputs.device).nonzero().squeeze(1)
         self.best = Best(inputs, labels, targeted)
-        self.clean_pass = self.query(inputs, torch.arange(inputs.shape[0], device=inputs.device))[1]
+        self.clean_pass, self.clean_pred = self.query(inputs, torch.arange(inputs.shape[0], device=inputs.device))[1:]
         self.reference = self._reference(reference)
 
-    def _reference(self, reference: Tensor | None) -> tuple[Tensor, Tensor] | None:
-        """Reference rows and the detector's labels of them (each query booked to one flow, in turn)."""
+    def _reference(self, reference: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Reference rows and the detector's labels of them (each query booked to one flow, in turn); without
+        reference rows, the clean flows themselves (a clean flow of another class shows D what passes)."""
         if reference is None:
-            return None
+            return self.inputs, self.clean_pred
         ref = torch.as_tensor(reference).to(device=self.inputs.device, dtype=self.inputs.dtype)
         if ref.dim() != 2 or ref.shape[1] != self.inputs.shape[1]:
             raise InvalidInputError(f"idsgan: reference must be benign rows (M, {self.inputs.shape[1]}); got "
@@ -134,8 +135,9 @@ class Gan:
         delta[:, self.free] = out[:, : self.free.numel()] * sub.eps_for(x0).to(x0.dtype)[:, None]
         return relax(sub, x0 + delta * scale_of(self.threat, x0) * free_mask(self.threat, x0), x0)
 
-    def query(self, x: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
-        """Repair ``x``, ask the detector, offer to ``best``; returns the repaired flows and which passed."""
+    def query(self, x: Tensor, rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Repair ``x``, ask the detector, offer to ``best``; returns the repaired flows, which passed and the
+        detector's labels."""
         sub, x0 = self.threat.select(rows), self.inputs[rows]
         cand = sub.project(x.detach(), x0)
         with attribute(self.model, rows):
@@ -143,7 +145,7 @@ class Gan:
         width = max(self.classes, int(pred.max()) + 1)
         onehot = F.one_hot(pred, width).to(x0.dtype)
         self.best.update(cand, onehot, -sub.distance(cand, x0), sub.contains(cand, x0), rows)
-        return cand, is_adversarial(onehot, self.labels[rows], self.targeted)
+        return cand, is_adversarial(onehot, self.labels[rows], self.targeted), pred
 
     def critic(self, x: Tensor, cls: Tensor) -> Tensor:
         return self.d(torch.cat([self.scaled(x), F.one_hot(cls, self.classes).to(x.dtype)], 1)).squeeze(1)
@@ -151,7 +153,7 @@ class Gan:
     def generate(self, rows: Tensor) -> tuple[Tensor, Tensor]:
         """G's repaired flows for ``rows`` (fresh noise) and which of them the detector let pass."""
         with torch.no_grad():
-            return self.query(self.propose(rows), rows)
+            return self.query(self.propose(rows), rows)[:2]
 
     def train(self, *, epochs: int, batch_size: int, lr: float, critic_steps: int, clip: float) -> None:
         opt_g = torch.optim.RMSprop(self.g.parameters(), lr=lr)
@@ -180,12 +182,11 @@ class Gan:
         cand, passed = self.generate(rows)
         x0 = self.inputs[rows]
         parts = [(cand, self.labels[rows], passed), (x0, self.labels[rows], self.clean_pass[rows])]
-        if self.reference is not None:
-            ref, ref_pred = self.reference
-            pick = torch.randint(0, ref.shape[0], (rows.numel(),), generator=self.gen, device=ref.device)
-            cls = self.labels[rows]
-            hit = ref_pred[pick] == cls if self.targeted else ref_pred[pick] != cls
-            parts.append((ref[pick], cls, hit))
+        ref, ref_pred = self.reference
+        pick = torch.randint(0, ref.shape[0], (rows.numel(),), generator=self.gen, device=ref.device)
+        cls = self.labels[rows]
+        hit = ref_pred[pick] == cls if self.targeted else ref_pred[pick] != cls
+        parts.append((ref[pick], cls, hit))
         return tuple(torch.cat(p) for p in zip(*parts, strict=True))  # type: ignore[return-value]
 
 
