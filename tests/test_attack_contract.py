@@ -30,6 +30,7 @@ TABULAR_CASES = [(name, norm) for name in ATTACKS if "lp" not in ATTACKS.get(nam
 TABULAR_EPS = {"linf": 0.1, "l2": 0.2}
 # the genetic attacks need a few more generations than the contract's 5 to be clear of chance when targeted
 TABULAR_TARGETED_PARAMS = {"moeva2": {"generations": 15, "population": 20, "offspring": 20},
+                           "tabular-zoo": {"steps": 200},
                            "caa": {"generations": 15, "population": 20, "offspring": 20}}
 
 
