@@ -19,6 +19,7 @@ CONTRACT_PARAMS: dict[str, dict[str, Any]] = {
     "hopskipjump": {"max_queries": 1000}, "boundary": {"max_queries": 500}, "cw": {"max_iterations": 50},
     "moeva2": {"generations": 5, "population": 20, "offspring": 20},
     "caa": {"generations": 5, "population": 20, "offspring": 20},
+    "tabular-zoo": {"steps": 30}, "idsgan": {"epochs": 20}, "kde-evasion": {"steps": 20},
 }
 
 # Attacks are routed by the threat kinds they accept: Lp attacks get the image-like Lp cases below, attacks for
@@ -29,6 +30,7 @@ TABULAR_CASES = [(name, norm) for name in ATTACKS if "lp" not in ATTACKS.get(nam
 TABULAR_EPS = {"linf": 0.1, "l2": 0.2}
 # the genetic attacks need a few more generations than the contract's 5 to be clear of chance when targeted
 TABULAR_TARGETED_PARAMS = {"moeva2": {"generations": 15, "population": 20, "offspring": 20},
+                           "tabular-zoo": {"steps": 200},
                            "caa": {"generations": 15, "population": 20, "offspring": 20}}
 
 

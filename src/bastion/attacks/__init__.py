@@ -10,4 +10,7 @@ from bastion.attacks import boundary, hopskipjump, mi_fgsm, nes, spsa, square, z
 # isort: split
 from bastion.attacks import caa, capgd, cpgd, moeva2  # noqa: F401  (tabular threats with feature constraints)
 
+# isort: split
+from bastion.attacks import idsgan, kde_evasion, tabular_deepfool, tabular_zoo  # noqa: F401  (the IDS survey's)
+
 __all__ = ["ATTACKS", "AttackSpec", "bpda", "eot", "get_attack", "register_attack"]

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from bastion.attacks.losses import cross_entropy, is_adversarial
 from bastion.errors import InvalidInputError
+from bastion.threat import project_ball
 
 Threat = Any  # a TabularThreat (duck-typed: the attacks use only the methods named in the module docstring)
 
@@ -66,6 +67,21 @@ def ascent(x: Tensor, grad: Tensor, step: Tensor, threat: Threat) -> Tensor:
     else:
         direction = g / torch.linalg.vector_norm(g, dim=1, keepdim=True).clamp_min(1e-12)
     return x + step[:, None] * scale * direction
+
+
+def relax(threat: Threat, x: Tensor, inputs: Tensor, *, ball: bool = True) -> Tensor:
+    """A continuous projection for attacks that keep a real-valued iterate and repair each candidate with
+    ``threat.project``: the free features into the ball (scaled space, unless ``ball=False``) and the box, every
+    other feature back to its input value, derived features recomputed. No integer rounding and no inequality
+    repair (a small step on a packet count would round back to the input every time). Differentiable where
+    ``complete`` is."""
+    scale, free = scale_of(threat, inputs), free_mask(threat, inputs) > 0
+    delta = ((x - inputs) / scale).masked_fill(~free, 0.0)
+    if ball:
+        delta = project_ball(delta, threat.eps_for(inputs).to(inputs.dtype), threat.norm)
+    lower = threat.lower.to(device=inputs.device, dtype=inputs.dtype)
+    upper = threat.upper.to(device=inputs.device, dtype=inputs.dtype)
+    return threat.complete(torch.minimum(torch.maximum(inputs + delta * scale, lower), upper))
 
 
 class Best:
