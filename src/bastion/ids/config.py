@@ -36,6 +36,27 @@ class Entry(BaseModel):
         return self.label or self.name
 
 
+class Adversarial(BaseModel):
+    """Adversarial training of a neural detector (``bastion.ids.robust``): ``khamis`` (unconstrained multi-step
+    FGSM on the scaled vector, every attack row) or ``capgd`` (valid CAPGD flows for half of each batch's attack
+    rows); ``ratio`` and ``eps`` default to the method's."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    method: Literal["khamis", "capgd"] = "capgd"
+    ratio: float | None = Field(None, ge=0, le=1)
+    eps: float | None = Field(None, gt=0)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class Detector(Entry):
+    """A detector: an architecture (``bastion ids list``), how it is trained, and an inference defense around it."""
+
+    adversarial: Adversarial | None = None
+    defense: str | None = Field(None, description="an inference defense around the trained detector (bastion ids "
+                                                  "list): constraint_gate, feature_squeezing")
+    defense_params: dict[str, Any] = Field(default_factory=dict)
+
+
 class Training(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     epochs: int = Field(20, ge=1)
@@ -55,7 +76,7 @@ class IdsConfig(BaseModel):
     max_train: int = Field(20000, ge=10, description="at most this many training flows (stratified subsample)")
     labels: Literal["binary", "multiclass"] = Field("binary", description="benign vs attack, or one class per attack")
     seed: int = 0
-    detectors: list[Entry] = Field(default_factory=lambda: [Entry(name="mlp")])
+    detectors: list[Detector] = Field(default_factory=lambda: [Detector(name="mlp")])
     training: Training = Field(default_factory=Training)
     norm: Literal["linf", "l2"] = "linf"
     eps: float = Field(0.1, gt=0, description="the budget in the scaled space (a feature's range is 1)")

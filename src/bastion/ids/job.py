@@ -9,6 +9,7 @@ evaluation resumes with nothing finished recomputed and evaluations that share a
 
 from __future__ import annotations
 
+import inspect
 import platform
 import time
 from collections.abc import Callable
@@ -21,15 +22,18 @@ import torch
 from torch import nn
 
 import bastion
+from bastion.attacks import get_attack
 from bastion.errors import InvalidInputError
-from bastion.ids.config import SNAPSHOT, Entry, IdsConfig, spec_hash
+from bastion.ids.config import SNAPSHOT, Detector, Entry, IdsConfig, spec_hash
 from bastion.ids.constraints import flow_threat
+from bastion.ids.defenses import build_ids_defense
 from bastion.ids.evasion import Evasion, evade, has_gradients
 from bastion.ids.features import BENIGN
 from bastion.ids.loaders import FlowTable, load_flows
 from bastion.ids.models.factory import build_detector, categorical_columns, predict
 from bastion.ids.models.io import load_detector, save_detector
 from bastion.ids.models.training import train_detector
+from bastion.ids.robust import adversarial_train
 from bastion.store import Store
 from bastion.threats.tabular import TabularThreat
 
@@ -122,40 +126,61 @@ def _data_key(config: IdsConfig) -> dict[str, Any]:
                                             "labels", "seed")}
 
 
-def detector_key(config: IdsConfig, entry: Entry) -> str:
-    return spec_hash(_data_key(config), entry.name, entry.params, config.training)
+def detector_key(config: IdsConfig, entry: Detector) -> str:
+    """The trained detector's identity (the defense around it is applied after loading, so it is not part of it)."""
+    trained = {"name": entry.name, "params": entry.params,
+               "adversarial": entry.adversarial.model_dump(mode="json") if entry.adversarial else None}
+    threat = (config.norm, config.eps, config.constraints) if entry.adversarial else None
+    return spec_hash(_data_key(config), trained, config.training, threat)
 
 
 def _weights(config: IdsConfig, entry: Entry, workdir: Path) -> Path:
     return workdir / "detectors" / f"{entry.key}-{detector_key(config, entry)}"
 
 
-def train_entry(config: IdsConfig, entry: Entry, world: World) -> nn.Module:
+def train_entry(config: IdsConfig, entry: Detector, world: World) -> nn.Module:
+    """The detector of ``entry`` trained on the training split: standard, or adversarially inside the world's
+    threat (the same epochs, batch size and learning rate)."""
     generator = torch.Generator().manual_seed(config.seed + 17)
     x, y = world.table.features[world.train], world.y[world.train]
     categorical = categorical_columns(world.table.columns, world.table.categorical)
     model = build_detector(entry.name, x, len(world.labels), generator=generator, categorical=categorical,
                            **entry.params)
     t = config.training
-    model, _ = train_detector(model, x, y, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, generator=generator)
+    if entry.adversarial is None:
+        model, _ = train_detector(model, x, y, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, generator=generator)
+    else:
+        adv = entry.adversarial
+        model, _ = adversarial_train(model, x, y, world.threat, method=adv.method, ratio=adv.ratio, eps=adv.eps,
+                                     epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, generator=generator,
+                                     **adv.params)
     return model.eval()
+
+
+def defended(entry: Detector, model: nn.Module, world: World) -> nn.Module:
+    """The detector as deployed: inside its inference defense, if the entry names one."""
+    if entry.defense is None:
+        return model
+    return build_ids_defense(entry.defense, model, world.threat, **entry.defense_params)
 
 
 def detector(config: IdsConfig, store: Store, entry: Entry, workdir: Path) -> tuple[str, nn.Module]:
     """The trained detector and its run: loaded when a finished run has its weights, else trained (the tree model
     is retrained from its seed: scikit-learn has no format but pickle)."""
     world, key, path = world_of(config), detector_key(config, entry), _weights(config, entry, workdir)
-    done = store.find_finished(DETECTOR_KIND, key)
+    run_key = spec_hash(key, entry.defense, entry.defense_params)
+    done = store.find_finished(DETECTOR_KIND, run_key)
     if done and path.with_suffix(".safetensors").exists():
-        return done, load_detector(path)[0]
+        return done, defended(entry, load_detector(path)[0], world)
     started = time.perf_counter()
     model = train_entry(config, entry, world)
     seconds = time.perf_counter() - started
     if has_gradients(model):
         save_detector(model, path, columns=world.table.columns, classes=world.labels)
+    model = defended(entry, model, world)
     if done:
         return done, model
-    run_id = store.open_run(DETECTOR_KIND, key, {"detector": entry.model_dump(mode="json"), **_data_key(config)},
+    run_id = store.open_run(DETECTOR_KIND, run_key, {"detector": entry.model_dump(mode="json"), **_data_key(config)},
                             config.seed, _env())
     store.finish_run(run_id, {**clean_metrics(model, world), "train_seconds": seconds, "detector": entry.key})
     return run_id, model
@@ -184,12 +209,12 @@ def attack_rows(config: IdsConfig, world: World) -> np.ndarray:
     return np.sort(np.concatenate(picks))
 
 
-def attack_key(config: IdsConfig, det: Entry, attack: Entry) -> str:
-    return spec_hash(detector_key(config, det), attack.name, attack.params, config.norm, config.eps,
-                     config.constraints, config.per_class)
+def attack_key(config: IdsConfig, det: Detector, attack: Entry) -> str:
+    return spec_hash(detector_key(config, det), det.defense, det.defense_params, attack.name, attack.params,
+                     config.norm, config.eps, config.constraints, config.per_class)
 
 
-def attack_cell(config: IdsConfig, store: Store, det: Entry, model: nn.Module, attack: Entry,
+def attack_cell(config: IdsConfig, store: Store, det: Detector, model: nn.Module, attack: Entry,
                 surrogate: nn.Module | None, workdir: Path) -> str:
     key = attack_key(config, det, attack)
     done = store.find_finished(ATTACK_KIND, key)
@@ -200,8 +225,8 @@ def attack_cell(config: IdsConfig, store: Store, det: Entry, model: nn.Module, a
                                                "attack": attack.model_dump(mode="json"), "eps": config.eps,
                                                "norm": config.norm}, config.seed, _env())
     index = attack_rows(config, world)
-    result = evade(model, world.rows(index), world.table.labels[index], world.threat, attack.name, attack.params,
-                   seed=config.seed, surrogate=surrogate)
+    result = evade(model, world.rows(index), world.table.labels[index], world.threat, attack.name,
+                   with_reference(attack, world), seed=config.seed, surrogate=surrogate)
     folder = workdir / "adversarial"
     folder.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(folder / f"{det.key}-{attack.key}-{key}.npz", clean=result.clean.numpy(),
@@ -209,6 +234,17 @@ def attack_cell(config: IdsConfig, store: Store, det: Entry, model: nn.Module, a
                         columns=np.array(world.table.columns))
     store.finish_run(run_id, evasion_summary(result, world, det.key, attack.key, len(index)))
     return run_id
+
+
+def with_reference(attack: Entry, world: World, rows: int = 2000) -> dict[str, Any]:
+    """The attack's parameters, plus benign training flows as ``reference`` for an attack that takes them (the
+    attacker's knowledge of normal traffic: KDE evasion, IDSGAN), unless the entry sets it."""
+    params = dict(attack.params)
+    if "reference" in inspect.signature(get_attack(attack.name).fn).parameters and "reference" not in params:
+        benign = world.train[world.y[world.train] == 0]
+        pick = np.random.default_rng(0).permutation(benign)[:rows]
+        params["reference"] = world.rows(np.sort(pick))
+    return params
 
 
 def evasion_summary(result: Evasion, world: World, det: str, attack: str, sampled: int) -> dict[str, Any]:

@@ -28,11 +28,23 @@ from bastion.threats import data_to_tensor, register_threat, tensor_to_data
 from bastion.threats.relations import Relation, order_definitions, parse_relation
 
 _ORDER = {"linf": float("inf"), "l2": 2.0}
-_REPAIR_ROUNDS = 8
+_REPAIR_ROUNDS = 3
 
 
 def _flags(value: Tensor | None, d: int, default: bool) -> Tensor:
     return torch.full((d,), default, dtype=torch.bool) if value is None else torch.as_tensor(value, dtype=torch.bool)
+
+
+class _Columns:
+    """A row batch as a list of its columns: what the relation evaluators read (``x[:, j]``), without stacking the
+    matrix again after each derived column is replaced."""
+
+    def __init__(self, x: Tensor) -> None:
+        self.columns = list(x.unbind(1))
+        self.shape, self.dtype, self.device = x.shape, x.dtype, x.device
+
+    def __getitem__(self, key: tuple[slice, int]) -> Tensor:
+        return self.columns[key[1]]
 
 
 @register_threat("tabular")
@@ -127,10 +139,10 @@ class TabularThreat:
         """A new tensor with every derived column recomputed, in dependency order (differentiable)."""
         if not self._definitions:
             return x
-        cols = list(x.unbind(1))
+        cols = _Columns(x)
         for rel in self._definitions:
-            cols[rel.defines] = rel.rhs(torch.stack(cols, 1))  # type: ignore[index]
-        return torch.stack(cols, 1)
+            cols.columns[rel.defines] = rel.rhs(cols)  # type: ignore[arg-type,index]
+        return torch.stack(cols.columns, 1)
 
     def penalty(self, x: Tensor) -> Tensor:
         """Total violation of the checked relations per row, each in units of its left feature's scale; 0 iff all
