@@ -32,7 +32,14 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return str(request.getfixturevalue("pg_server").database())
 
 
-def test_two_identical_commands_split_the_batches(digits_checkpoint: Path, tmp_path: Path, target: str) -> None:
+@pytest.fixture(scope="module")
+def reference(digits_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The same evaluation run alone, in this process: once for both store back ends."""
+    return evaluate(_config(digits_checkpoint), Store(tmp_path_factory.mktemp("ref") / "ref.sqlite"))
+
+
+def test_two_identical_commands_split_the_batches(digits_checkpoint: Path, tmp_path: Path, target: str,
+                                                  reference) -> None:
     db, go = target, tmp_path / "go"
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     env = os.environ | {"PYTHONPATH": os.pathsep.join(sys.path)}
@@ -46,7 +53,6 @@ def test_two_identical_commands_split_the_batches(digits_checkpoint: Path, tmp_p
     assert len(run_ids) == 1, "the two commands made two runs"
     computed = [[int(line) for line in log.read_text().split()] if log.exists() else [] for log in logs]
     assert sorted(computed[0] + computed[1]) == list(range(6)), computed  # every batch once, none twice
-    reference = evaluate(_config(digits_checkpoint), Store(tmp_path / "ref.sqlite"))
     shared = Store(db).get_run(run_ids.pop())
     assert shared.status == "finished" and shared.summary["robust_accuracy"] == reference.summary["robust_accuracy"]
     assert shared.summary["forward_passes"] == reference.summary["forward_passes"]

@@ -23,8 +23,16 @@ SMALL = {"name": "small", "dataset": "mnist", "train_size": 3000, "val_size": 30
          "defenses": [{"name": "none"}]}
 
 
-def test_matrix_measures_stores_and_reports(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, Path]:
+    """The SMALL matrix run once for the module (its two builds are most of the time): its report and folder."""
+    tmp_path = tmp_path_factory.mktemp("small-matrix")
     report = bastion.poison(SMALL, store=tmp_path / "s.sqlite", workdir=tmp_path / "w", report_dir=tmp_path / "r")
+    return report, tmp_path
+
+
+def test_matrix_measures_stores_and_reports(small_run) -> None:
+    report, tmp_path = small_run
     bad = report.cell("badnets")
     assert bad["attack_success_rate"] > 0.5 > bad["clean_model_attack_success_rate"]
     build = report.summary["builds"][1]
@@ -40,12 +48,11 @@ def test_matrix_measures_stores_and_reports(tmp_path: Path) -> None:
     assert again.run_id == report.run_id  # everything reused
 
 
-def test_poisoned_model_is_an_ordinary_bastion_model(tmp_path: Path) -> None:
+def test_poisoned_model_is_an_ordinary_bastion_model(small_run) -> None:
     """The poisoned model runs through the evasion suite unchanged (issue 21, item 5)."""
     from bastion.poisoning.matrix import build_dir, data_of, load_model
 
-    cfg = parse_poison(SMALL)
-    bastion.poison(cfg, store=tmp_path / "s.sqlite", workdir=tmp_path / "w")
+    cfg, tmp_path = parse_poison(SMALL), small_run[1]
     model = load_model(build_dir(cfg, cfg.attack("badnets"), tmp_path / "w" / "builds") / "model")
     test = data_of(cfg).test
     rep = bastion.attack(model, test.x[:20], test.y[:20], bastion.LpThreat("linf", 0.1), "fgsm",
@@ -61,8 +68,11 @@ def _cells_done(store_path: Path) -> int:
 
 
 def test_matrix_resumes_after_a_kill_with_nothing_recomputed(tmp_path: Path) -> None:
+    # what is checked is the bookkeeping, not the models: a narrow CNN (a quarter of the default's width) makes
+    # the three builds several times cheaper
     extra = {"name": "badnets", "label": "badnets-10", "rate": 0.1}
-    cfg = dict(SMALL, name="killed", attacks=[*SMALL["attacks"], extra])
+    cfg = dict(SMALL, name="killed", attacks=[*SMALL["attacks"], extra],
+               recipe={"epochs": 1, "arch_kwargs": {"width": 8, "hidden": 64}})
     (tmp_path / "m.yaml").write_text(yaml.safe_dump(cfg))
     store = tmp_path / "s.sqlite"
     cmd = [sys.executable, "-m", "bastion", "poison", "run", str(tmp_path / "m.yaml"), "--scheduler", "sync",

@@ -61,6 +61,16 @@ def make_view(data: Data, cheap_recipe: CopyRecipe) -> Callable[..., ThiefView]:
     return make
 
 
+@pytest.fixture(scope="session")
+def misinformed(victim: nn.Module, data: Data) -> tuple[nn.Module, DefenseContext]:
+    """Adaptive misinformation at its defaults around the victim, and the context it was built from (its training is
+    the costly part: built once for the defense tests and the contract tests)."""
+    from bastion.stealing import OUTPUT_DEFENSES
+
+    ctx = DefenseContext(data.val.x, data.val.y, SPEC, torch.Generator().manual_seed(0))
+    return OUTPUT_DEFENSES.get("adaptive-misinformation").fn(victim, ctx), ctx
+
+
 @pytest.fixture
 def defense_context(data: Data) -> DefenseContext:
     return DefenseContext(data.val.x, data.val.y, SPEC, torch.Generator().manual_seed(0))

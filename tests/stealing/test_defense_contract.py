@@ -30,8 +30,10 @@ def ctx(data, victim) -> DefenseContext:
 
 
 @pytest.fixture(scope="module")
-def built(victim, ctx) -> dict[str, torch.nn.Module]:
-    return {name: OUTPUT_DEFENSES.get(name).fn(victim, ctx) for name in OUTPUT_DEFENSES.names()}
+def built(victim, ctx, misinformed) -> dict[str, torch.nn.Module]:
+    # adaptive misinformation trains a model: the session's one (same defaults, same defender data) is reused
+    return {name: misinformed[0] if name == "adaptive-misinformation" else OUTPUT_DEFENSES.get(name).fn(victim, ctx)
+            for name in OUTPUT_DEFENSES.names()}
 
 
 @pytest.fixture(scope="module")

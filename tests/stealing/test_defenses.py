@@ -183,12 +183,7 @@ def test_reverse_cross_entropy_is_minus_log_one_minus_p() -> None:
     assert torch.allclose(reverse_cross_entropy(logits, y), -(1 - p).log().mean())
 
 
-@pytest.fixture(scope="module")
-def misinformed(victim, data):
-    ctx = DefenseContext(data.val.x, data.val.y, VictimSpec((1, 28, 28), 10), torch.Generator().manual_seed(0))
-    return build("adaptive-misinformation", victim, ctx), ctx
-
-
+# ``misinformed`` (the defense at its defaults, and its context) is a session fixture of tests/stealing/conftest.py
 def test_adaptive_misinformation_calibrates_tau_on_the_defenders_data(misinformed, victim) -> None:
     module, ctx = misinformed
     with torch.no_grad():
