@@ -11,9 +11,11 @@ with SGD and momentum 0.9).
 
 The model: a stage-"train" defense gets no model and ``view.fit`` is the pipeline's recipe as a black box (it
 trains on a set, it cannot be told to use another loss). So ABL builds its own model with
-``Recipe(arch=arch, arch_kwargs=...).build(view.spec)`` (weights seeded from ``view.generator``) and trains it
-with Adam at the recipe's learning rate and batch size. ``arch`` must match the pipeline's architecture for a
-fair comparison; "cnn" (the default recipe's) is the default.
+``Recipe(arch=arch, arch_kwargs=arch_kwargs).build(view.spec)`` (weights seeded from ``view.generator``) and
+trains it with Adam at the recipe's learning rate and batch size. ``arch`` and ``arch_kwargs`` must match the
+pipeline's architecture for a fair comparison; the defaults, "cnn" with no keyword arguments, are the default
+recipe's (``arch_kwargs=None`` is the architecture's own defaults; a pipeline on a narrower CNN, such as the
+tests' ``{"width": 16, "hidden": 64}``, passes the same keywords here).
 
 Scaled for a CPU: the paper isolates after 20 epochs and trains for 100 in all with 20 epochs of unlearning on
 CIFAR-10; here 3 isolation epochs, 2 more epochs on the rest and 5 unlearning epochs on the isolated points
@@ -77,14 +79,15 @@ def per_point_loss(model: nn.Module, data: Split, batch_size: int = 1000) -> Ten
 
 
 @register_poison_defense("abl", stage="train", paper="Li et al. 2021")
-def abl(view: DefenderView, *, arch: str = "cnn", gamma: float = 0.5, isolation_ratio: float = 0.01,
-        isolation_epochs: int = 3, epochs: int = 2, unlearn_epochs: int = 5, lr: float = 1e-3,
-        unlearn_lr: float = 5e-4, batch_size: int = 128) -> DefenseResult:
-    """Train a fresh ``arch`` model with LGA, isolate the lowest-loss points, train on the rest, unlearn the
-    isolated ones. ``scores``: minus each point's loss after the isolation stage; ``flagged``: the isolated."""
+def abl(view: DefenderView, *, arch: str = "cnn", arch_kwargs: dict[str, Any] | None = None, gamma: float = 0.5,
+        isolation_ratio: float = 0.01, isolation_epochs: int = 3, epochs: int = 2, unlearn_epochs: int = 5,
+        lr: float = 1e-3, unlearn_lr: float = 5e-4, batch_size: int = 128) -> DefenseResult:
+    """Train a fresh ``arch`` model (built with ``arch_kwargs``) with LGA, isolate the lowest-loss points, train on
+    the rest, unlearn the isolated ones. ``scores``: minus each point's loss after the isolation stage;
+    ``flagged``: the isolated."""
     _check(gamma, isolation_ratio, isolation_epochs, epochs, unlearn_epochs, lr, unlearn_lr, batch_size)
     seed = int(torch.randint(2**31 - 1, (1,), generator=view.generator))
-    model = Recipe(arch=arch, seed=seed).build(view.spec)
+    model = Recipe(arch=arch, seed=seed, arch_kwargs=dict(arch_kwargs or {})).build(view.spec)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     train_epochs(model, view.train, opt, isolation_epochs, batch_size, view.generator,
                  lambda logits, y: lga_loss(logits, y, gamma))
