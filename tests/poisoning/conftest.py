@@ -1,4 +1,11 @@
-"""Small MNIST pieces and a quick training recipe shared by the poisoning tests (about 2 s per model)."""
+"""Small MNIST pieces and the training recipes shared by the poisoning tests.
+
+``recipe``: 2 epochs of Adam at lr 3e-3 on a narrow CNN (16 and 32 channels, 128 hidden units) on the 6,000
+training points: test accuracy 0.93 (seeds 0-2: 0.93, 0.94, 0.92), and about 6 s per model on one thread, where
+the default-width CNN at the default lr 1e-3 (``wide_recipe``, accuracy 0.91) takes about 16 s. Every strength test
+was re-measured on it (seeds 0-2), and each keeps the threshold it had. ``wide_recipe`` stays for the effects that
+do not show on the narrow model: SIG (ASR 0.02-0.11 at seeds 0-2), targeted label flipping (0.16 at seed 0) and
+fine-pruning (ASR after pruning 0.44 at seed 0)."""
 
 from __future__ import annotations
 
@@ -31,12 +38,23 @@ def mnist() -> Mnist:
 
 @pytest.fixture(scope="session")
 def recipe() -> Recipe:
-    return Recipe(epochs=2)
+    return Recipe(epochs=2, lr=3e-3, arch_kwargs={"width": 16, "hidden": 128})
 
 
 @pytest.fixture(scope="session")
 def clean_model(mnist: Mnist, recipe: Recipe) -> torch.nn.Module:
     return recipe.fit(mnist.train, mnist.val, mnist.spec)
+
+
+@pytest.fixture(scope="session")
+def wide_recipe() -> Recipe:
+    """The default CNN (32 and 64 channels) at the default lr: for the few effects the narrow recipe loses."""
+    return Recipe(epochs=2)
+
+
+@pytest.fixture(scope="session")
+def wide_clean_model(mnist: Mnist, wide_recipe: Recipe) -> torch.nn.Module:
+    return wide_recipe.fit(mnist.train, mnist.val, mnist.spec)
 
 
 @pytest.fixture

@@ -16,7 +16,8 @@ from bastion.poisoning.metrics import accuracy
 def case(mnist, recipe):
     poisoned, model = badnets_case(mnist, recipe)
     view = dataclasses.replace(view_of(mnist, recipe, poisoned.train, model), model=None)
-    return poisoned, model, view, abl(view)
+    # ABL builds its own model: the same narrow CNN as the session's recipe, as a pipeline would configure it
+    return poisoned, model, view, abl(view, arch_kwargs=recipe.arch_kwargs)
 
 
 def test_isolates_one_percent_and_keeps_clean_accuracy(case, mnist) -> None:

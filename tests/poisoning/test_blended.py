@@ -11,8 +11,8 @@ from bastion.poisoning.metrics import accuracy, attack_success_rate
 
 
 def test_blended_reaches_high_asr_at_near_clean_accuracy(mnist, recipe, attacker, clean_model) -> None:
-    # measured on the fixture at the paper's alpha = 0.2, rate 2%: ASR 0.95 (clean model 0.003), accuracy
-    # 0.896 against the clean model's 0.9075
+    # measured on the fixture at the paper's alpha = 0.2, rate 2%: ASR 0.98 (clean model 0.003), accuracy
+    # 0.9285 against the clean model's 0.9315 (recipe seeds 1 and 2: ASR 1.00 and 0.97)
     poisoned = blended(attacker(rate=0.02, target=0))
     assert int(poisoned.poisoned.sum()) == round(0.02 * len(mnist.train))
     assert (poisoned.train.y[poisoned.poisoned] == 0).all()

@@ -72,8 +72,10 @@ def test_defense_follows_the_protocol_and_never_loads_data(name: str, small, mon
     def refuse(*_a, **_k):
         raise AssertionError(f"defense {name} loaded a data set itself")
 
+    # a defense that builds its own model (ABL) is given the small recipe's narrow architecture, as a pipeline would
+    kwargs = {"arch_kwargs": small.recipe.arch_kwargs} if "arch_kwargs" in spec.defaults else {}
     monkeypatch.setattr(base.DATASETS, "get", refuse)
-    result = spec.fn(view)
+    result = spec.fn(view, **kwargs)
     monkeypatch.undo()
     assert isinstance(result, DefenseResult) and isinstance(result.model, torch.nn.Module)
     if spec.stage == "detect":

@@ -16,9 +16,11 @@ from bastion.poisoning.metrics import accuracy, attack_success_rate
 
 
 @pytest.fixture(scope="module")
-def case(mnist, recipe):
-    poisoned, model = badnets_case(mnist, recipe)
-    view = view_of(mnist, recipe, poisoned.train, model)
+def case(mnist, wide_recipe):
+    # the default-width CNN: on the narrow one of ``recipe`` (32 channels in the last convolution) pruning leaves
+    # the backdoor alive (ASR 0.44 after fine-pruning at seed 0, 0.20 at seeds 1 and 2)
+    poisoned, model = badnets_case(mnist, wide_recipe)
+    view = view_of(mnist, wide_recipe, poisoned.train, model)
     before = copy.deepcopy(model.state_dict())
     return poisoned, model, view, fine_pruning(view), before
 

@@ -11,7 +11,8 @@ from bastion.poisoning.metrics import accuracy, attack_success_rate
 
 
 def test_random_flipping_lowers_clean_accuracy(mnist, recipe, attacker, clean_model) -> None:
-    # measured on the fixture: 0.9075 clean, 0.8045 after flipping 40% of the labels
+    # measured on the fixture: 0.9315 clean, 0.763 after flipping 40% of the labels (drop 0.17; seed 0 of the
+    # narrow recipe; the default-width CNN: 0.9075 -> 0.8045)
     poisoned = label_flip(attacker(rate=0.4))
     assert poisoned.attack_test(mnist.test) is None
     model = recipe.fit(poisoned.train, mnist.val, mnist.spec)
@@ -29,14 +30,17 @@ def test_random_flips_go_to_every_other_class_and_only_there(attacker, mnist) ->
         assert sorted(went_to) == [k for k in range(10) if k != c]
 
 
-def test_targeted_flipping_sends_the_source_class_to_the_target(mnist, recipe, attacker, clean_model) -> None:
-    # measured on the fixture: 480 of the 1s relabelled 0 -> 83% of the test 1s classified 0 (clean model: 0%)
+def test_targeted_flipping_sends_the_source_class_to_the_target(mnist, wide_recipe, attacker,
+                                                                 wide_clean_model) -> None:
+    # measured on the fixture: 480 of the 1s relabelled 0 -> 83% of the test 1s classified 0 (clean model: 0%).
+    # On the narrow CNN of ``recipe`` the effect is not stable (0.16 / 0.96 / 0.31 at seeds 0-2): the default width
+    # CNN it is.
     poisoned = label_flip_targeted(attacker(rate=0.08, target=0))
     assert poisoned.source == 1 and poisoned.target == 0
     assert (mnist.train.y[poisoned.poisoned] == 1).all() and (poisoned.train.y[poisoned.poisoned] == 0).all()
-    model = recipe.fit(poisoned.train, mnist.val, mnist.spec)
+    model = wide_recipe.fit(poisoned.train, mnist.val, mnist.spec)
     asr = attack_success_rate(model, poisoned.attack_test(mnist.test))
-    clean_asr = attack_success_rate(clean_model, poisoned.attack_test(mnist.test))
+    clean_asr = attack_success_rate(wide_clean_model, poisoned.attack_test(mnist.test))
     assert asr is not None and clean_asr is not None
     assert asr > 0.6 and clean_asr < 0.05
 

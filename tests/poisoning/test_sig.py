@@ -12,19 +12,21 @@ from bastion.poisoning.attacks.sig import sig
 from bastion.poisoning.metrics import accuracy, attack_success_rate
 
 
-def test_sig_backdoor_is_learnt_without_changing_labels(mnist, recipe, attacker, clean_model) -> None:
+def test_sig_backdoor_is_learnt_without_changing_labels(mnist, wide_recipe, attacker, wide_clean_model) -> None:
     # measured on the fixture with the paper's training signal (20/255, f = 6) on 540 of the ~590 zeros: ASR at
     # test strength 0.3 / 0.5 / 0.6 / 0.8 = 0.09 / 0.61 / 0.88 / 1.00, while the clean model stays at 0.00-0.003
-    # for every strength; accuracy 0.9015 against the clean model's 0.9075
+    # for every strength; accuracy 0.9015 against the clean model's 0.9075. Fragile: with recipe seed 1 the same
+    # attack reaches 0.11 (0.62 at strength 0.8), and the narrow CNN of ``recipe`` never learns it (0.02-0.11 at
+    # seeds 0-2, 0.15 at strength 1.0), so this test keeps the default-width ``wide_recipe``
     poisoned = sig(attacker(rate=0.09, target=0), test_delta=0.6)
     assert torch.equal(poisoned.train.y, mnist.train.y)
     assert (mnist.train.y[poisoned.poisoned] == 0).all()
-    model = recipe.fit(poisoned.train, mnist.val, mnist.spec)
+    model = wide_recipe.fit(poisoned.train, mnist.val, mnist.spec)
     asr = attack_success_rate(model, poisoned.attack_test(mnist.test))
-    clean_asr = attack_success_rate(clean_model, poisoned.attack_test(mnist.test))
+    clean_asr = attack_success_rate(wide_clean_model, poisoned.attack_test(mnist.test))
     assert asr is not None and clean_asr is not None
     assert asr > 0.7 and clean_asr < 0.05
-    assert accuracy(model, mnist.test) > accuracy(clean_model, mnist.test) - 0.03
+    assert accuracy(model, mnist.test) > accuracy(wide_clean_model, mnist.test) - 0.03
 
 
 def test_signal_is_the_papers_horizontal_sinusoid(attacker, mnist) -> None:

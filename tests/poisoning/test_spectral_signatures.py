@@ -1,7 +1,7 @@
 """Spectral signatures on BadNets at 5% of the MNIST training set (all-to-one, target 0, so a third of class 0 is
 poisoned). On the small CNN of the tests the poison is not the top singular direction of class 0 by a wide margin
-(measured AUC 0.71 within the class), yet the top-scored points of the target class are poison; by design the
-method removes 1.5 eps of every class, poisoned or clean."""
+(measured AUC 0.81 within the class; 0.83 and 0.75 at recipe seeds 1 and 2), yet the top-scored points of the
+target class are poison; by design the method removes 1.5 eps of every class, poisoned or clean."""
 
 from __future__ import annotations
 
