@@ -16,8 +16,8 @@ from bastion.poisoning.metrics import accuracy
 def case(mnist, recipe):
     poisoned, model = badnets_case(mnist, recipe)
     view = dataclasses.replace(view_of(mnist, recipe, poisoned.train, model), model=None)
-    # ABL builds its own model: the same narrow CNN as the session's recipe, as a pipeline would configure it
-    return poisoned, model, view, abl(view, arch_kwargs=recipe.arch_kwargs)
+    # ABL builds its own model: the session recipe's narrow CNN and learning rate, as a pipeline would configure it
+    return poisoned, model, view, abl(view, arch_kwargs=recipe.arch_kwargs, lr=recipe.lr)
 
 
 def test_isolates_one_percent_and_keeps_clean_accuracy(case, mnist) -> None:
@@ -25,7 +25,7 @@ def test_isolates_one_percent_and_keeps_clean_accuracy(case, mnist) -> None:
     assert result.flagged is not None and result.scores is not None
     assert int(result.flagged.sum()) == round(0.01 * len(poisoned.train))
     assert result.scores.shape == (len(poisoned.train),)
-    # measured: test accuracy 0.93 (undefended 0.89)
+    # measured: test accuracy 0.941 (undefended 0.9215); recipe seeds 1 and 2: 0.9485 (0.9365), 0.943 (0.915)
     assert accuracy(result.model, mnist.test) > accuracy(model, mnist.test) - 0.03
 
 
