@@ -17,6 +17,7 @@ from bastion.cli import (
     evaluate,
     ids,
     ids_eval,  # noqa: F401  (adds evaluate, train, attack and list to `bastion ids`)
+    ids_stream,  # noqa: F401  (adds stream to `bastion ids`)
     models,
     poison,
     runs,

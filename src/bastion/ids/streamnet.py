@@ -11,13 +11,15 @@
 
 The meter is ``livemeter.py`` started with ``ip netns exec`` (why not ``setns``: see that file), each flow one JSON
 line on its stdout; a heartbeat from the far side of its link (``tx0``; the server's ``eth0``) keeps its clock moving
-(see that file). Live timeouts are short (idle ``LIVE_IDLE_S`` = 2 s, active ``LIVE_ACTIVE_S`` = 30 s) so a flow is
+(see that file). Live timeouts are short (idle ``LIVE_IDLE_S`` = 2 s, active ``LIVE_ACTIVE_S`` = 10 s) so a flow is
 scored about two seconds after its last packet; the trade-off against CIC-IDS2017's 120 s idle timeout: a
 conversation with a pause longer than 2 s (a keep-alive connection, a slow attack such as slowloris that sends a
 header every few seconds) is cut into several shorter flows, whose features differ from the 120 s flows the snapshot
-(and so the detector) was made of; a long flow is cut every 30 s. After the traffic ends the source waits
-``idle + 1.5`` s so every flow expires, then ends. Teardown (any exit) kills everything in the namespaces and deletes
-them.
+(and so the detector) was made of; a long flow is cut every 10 s, and a flow that ends behind a long-lived one waits
+for it up to the active timeout (see ``livemeter.py``). After the traffic ends the source waits ``idle + 1.5`` s
+so every flow expires, then ends. Teardown (any exit) kills everything in the namespaces and deletes them. The
+capture ring is ``CAPTURE_BUFFER`` (64 MiB), so a top-speed replay burst waits for the meter instead of being
+dropped.
 """
 
 from __future__ import annotations
@@ -44,9 +46,10 @@ from bastion.ids.generate.lab import IP, Lab
 from bastion.ids.stream import END, FlowQueue
 
 METER = Path(__file__).parent / "livemeter.py"
-LIVE_IDLE_S, LIVE_ACTIVE_S = 2, 30
+LIVE_IDLE_S, LIVE_ACTIVE_S = 2, 10
 DRAIN_S = 1.5  # after the idle timeout: the meter's scan interval, the pipe and the reader
 PCAP_ETHERNET = 1
+CAPTURE_BUFFER = 64 * 2**20  # bytes of capture ring: a top-speed replay burst waits for the meter, is not dropped
 
 
 def require_root(what: str, alternative: str) -> None:
@@ -87,7 +90,8 @@ class Meter:
     def __init__(self, ns: str, iface: str, out: FlowQueue, *, idle: int, active: int, logs: Path) -> None:
         self.ns, self.out, self.stopping = ns, out, threading.Event()
         self.beats: subprocess.Popen | None = None
-        options = json.dumps(streamer_options(idle_timeout=idle, active_timeout=active))
+        options = json.dumps({**streamer_options(idle_timeout=idle, active_timeout=active),
+                              "socket_buffer_size": CAPTURE_BUFFER})
         self.errors: IO[str] = (logs / f"meter-{ns}.log").open("w+")
         self.proc = subprocess.Popen([IP, "netns", "exec", ns, sys.executable, str(METER), iface, options],
                                      stdout=subprocess.PIPE, stderr=self.errors, stdin=subprocess.DEVNULL, text=True,
@@ -136,6 +140,8 @@ class Meter:
             if proc is not None:
                 _end(proc)
         self.reader.join(timeout=5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
         self.errors.close()
 
 
