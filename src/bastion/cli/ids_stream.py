@@ -89,25 +89,25 @@ def stream_cmd(
         streamnet.require_root("replaying a pcap", "score the file offline with --pcap")
     if live:
         streamnet.require_root("live scoring of generated traffic", "score a capture offline with --pcap")
+    for path in (pcap, replay):
+        if path is not None and not path.is_file():
+            raise InvalidInputError(f"no pcap at {path}; give the path of a capture file")
     model, classes = _detector(detector, seed)
-    labels: dict[str, str] | None = None
+    if pcap is not None:
+        source = pcap_source(pcap)
+    elif replay is not None:
+        source = streamnet.replay_source(replay, speed=speed, idle=idle, active=active)
+    else:
+        source = streamnet.live_source(seconds, seed=seed, clients=clients, idle=idle, active=active)
     started = time.perf_counter()
-    with out.open("w") as handle, progress_bar() as bar:
+    with source as opened, out.open("w") as handle, progress_bar() as bar:
+        flows, labels = opened if live else (opened, None)
         task = bar.add_task("stream", total=max_flows, info="")
 
         def tick(report: Any) -> None:
             bar.update(task, completed=report.flows, info=f"{report.flows / max(report.seconds, 1e-9):.0f} flows/s")
 
-        if pcap is not None:
-            source = pcap_source(pcap)
-        elif replay is not None:
-            source = streamnet.replay_source(replay, speed=speed, idle=idle, active=active)
-        else:
-            source = streamnet.live_source(seconds, seed=seed, clients=clients, idle=idle, active=active)
-        with source as flows:
-            if live:
-                flows, labels = flows
-            report = score_stream(model, classes, flows, max_flows=max_flows, max_seconds=max_seconds,
-                                  labels=labels, sink=ndjson_sink(handle), on_progress=tick)
+        report = score_stream(model, classes, flows, max_flows=max_flows, max_seconds=max_seconds, labels=labels,
+                              sink=ndjson_sink(handle), on_progress=tick)
     _print(report.summary(), out)
     console.print(f"done in {time.perf_counter() - started:.0f} s")

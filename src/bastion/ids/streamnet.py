@@ -237,6 +237,7 @@ def live_source(seconds: float, *, seed: int = 0, clients: int = 3, idle: int = 
         try:
             meter.wait_capturing()
             meter.heartbeat(lab.ns(SERVER), "eth0", 2 * seconds + 120)
+            Path(tmp).chmod(0o755)  # the services run as other users (postgres, ftp) under it, as in generate
             work = Path(tmp) / "work"
             work.mkdir()
 
