@@ -85,25 +85,25 @@ def score_batch(model: nn.Module, classes: tuple[str, ...], raws: list[Mapping[s
     if not raws:
         return []
     table = _features(raws, labels)
+    x = table[list(FEATURE_NAMES)].to_numpy(dtype=np.float64)
     ready = time.time()
-    prob = _probabilities(model, table[list(FEATURE_NAMES)].to_numpy(dtype=np.float64))
+    prob = _probabilities(model, x)
     done = time.time()
     pick = prob.argmax(1)
     benign = classes.index(BENIGN) if BENIGN in classes else 0
+    truth = table[LABEL].tolist()
     out = []
     for i, raw in enumerate(raws):
         emitted, last = float(raw["_emitted"]), raw["bidirectional_last_seen_ms"] / 1000.0
-        live = bool(raw.get("_live"))
         latency = {"features": 1000 * (ready - emitted), "verdict": 1000 * (done - ready),
                    "total": 1000 * (done - emitted)}
-        if live:
+        if raw.get("_live"):
             latency["since_last_packet"] = 1000 * (done - last)
         out.append({"flow": {k: raw[k] for k in ("src_ip", "dst_ip", "src_port", "dst_port", "protocol")},
-                    "label": table[LABEL].iat[i], "verdict": classes[pick[i]], "score": float(prob[i, pick[i]]),
+                    "label": truth[i], "verdict": classes[pick[i]], "score": float(prob[i, pick[i]]),
                     "attack_score": float(1.0 - prob[i, benign]),
                     "time": {"flow_end": last, "emitted": emitted, "features": ready, "verdict": done},
-                    "latency_ms": latency,
-                    "features": {n: float(table[n].iat[i]) for n in FEATURE_NAMES}})
+                    "latency_ms": latency, "features": dict(zip(FEATURE_NAMES, x[i].tolist(), strict=True))})
     return out
 
 
