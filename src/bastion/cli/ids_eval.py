@@ -70,7 +70,8 @@ def _print(summary: dict) -> None:
 
     for title, (headers, rows) in (("detectors (test split)", detector_table(summary)),
                                    ("attacks: success, validity, valid success", attack_table(summary)),
-                                   ("per class", class_table(summary))):
+                                   ("per class: valid success (the report has success and validity)",
+                                    class_table(summary, compact=True))):
         table = Table(*headers, title=title)
         for r in rows:
             table.add_row(*r)
