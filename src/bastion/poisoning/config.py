@@ -13,11 +13,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from bastion.errors import InvalidInputError, config_errors
+from bastion.errors import InvalidInputError
+from bastion.yamlfile import parse_config, read_preset, with_quick
 from bastion.yamlfile import preset_names as yaml_presets
-from bastion.yamlfile import read_preset
 
 PRESETS = Path(__file__).parent / "presets"
 NONE = "none"
@@ -136,16 +136,9 @@ def preset_names() -> list[str]:
 def load_poison(source: str | Path, *, quick: bool = False) -> PoisonConfig:
     """A YAML file or a built-in preset (``mnist``, ``fashion-mnist``); ``quick`` applies its ``quick:`` overrides."""
     data, path = read_preset(source, PRESETS, "poisoning matrix (docs/POISONING.md)", "bastion poison run")
-    overrides = data.pop("quick", None) or {}
-    if quick:
-        data = {**data, **overrides, "name": f"{data.get('name', 'poison')}-quick"}
+    data = with_quick(data, quick, "poison")
     return parse_poison(data, str(path))
 
 
 def parse_poison(data: dict[str, Any], where: str = "the poisoning matrix") -> PoisonConfig:
-    try:
-        return PoisonConfig.model_validate(data)
-    except ValidationError as exc:
-        raise InvalidInputError(f"{where}: invalid poisoning matrix: {config_errors(exc)}") from None
-    except ValueError as exc:
-        raise InvalidInputError(f"{where}: {exc}") from None
+    return parse_config(PoisonConfig, data, where, "poisoning matrix")
