@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -67,3 +69,9 @@ def parse_config(model: type[M], data: dict[str, Any], where: str, what: str) ->
         raise InvalidInputError(f"{where}: invalid {what}: {config_errors(exc)}") from None
     except ValueError as exc:
         raise InvalidInputError(f"{where}: {exc}") from None
+
+
+def spec_hash(*parts: Any) -> str:
+    """A short content key of config parts (pydantic models as their JSON data): runs are keyed by what decides them."""
+    blob = json.dumps([p.model_dump(mode="json") if isinstance(p, BaseModel) else p for p in parts], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]

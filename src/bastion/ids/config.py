@@ -10,8 +10,6 @@ constraint.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -95,11 +93,6 @@ class IdsConfig(BaseModel):
             if dup:
                 raise ValueError(f"{kind} {dup[0]!r} appears twice; give one of them a distinct `label`")
         return self
-
-
-def spec_hash(*parts: Any) -> str:
-    blob = json.dumps([p.model_dump(mode="json") if isinstance(p, BaseModel) else p for p in parts], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 def preset_names() -> list[str]:

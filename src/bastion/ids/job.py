@@ -24,7 +24,7 @@ from torch import nn
 import bastion
 from bastion.attacks import get_attack
 from bastion.errors import InvalidInputError
-from bastion.ids.config import SNAPSHOT, Detector, Entry, IdsConfig, spec_hash
+from bastion.ids.config import SNAPSHOT, Detector, Entry, IdsConfig
 from bastion.ids.constraints import flow_threat
 from bastion.ids.defenses import build_ids_defense
 from bastion.ids.evasion import Evasion, evade, has_gradients
@@ -36,6 +36,7 @@ from bastion.ids.models.training import train_detector
 from bastion.ids.robust import adversarial_train
 from bastion.store import Store
 from bastion.threats.tabular import TabularThreat
+from bastion.yamlfile import spec_hash
 
 DETECTOR_KIND, ATTACK_KIND, RUN_KIND = "ids-detector", "ids-attack", "ids"
 Progress = Callable[[str], None]

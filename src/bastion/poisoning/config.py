@@ -8,8 +8,6 @@ the matrix's rate/target and pass ``params`` to its algorithm (checked against t
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -122,11 +120,6 @@ def check_names(config: PoisonConfig, num_classes: int) -> None:
     for d in config.defenses:
         if d.name != NONE:
             check_params("poisoning defense", d.name, d.params, POISON_DEFENSES.get(d.name).defaults)
-
-
-def spec_hash(*parts: Any) -> str:
-    blob = json.dumps([p.model_dump(mode="json") if isinstance(p, BaseModel) else p for p in parts], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 def preset_names() -> list[str]:

@@ -9,8 +9,6 @@ watches every attack's queries and the honest users'.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -120,11 +118,6 @@ def check_names(config: StealConfig) -> None:
         for e in entries:
             if e.name != NONE:
                 check_params(kind, e.name, e.params, registry.get(e.name).defaults)
-
-
-def spec_hash(*parts: Any) -> str:
-    blob = json.dumps([p.model_dump(mode="json") if isinstance(p, BaseModel) else p for p in parts], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 def preset_names() -> list[str]:
