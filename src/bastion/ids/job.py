@@ -135,8 +135,10 @@ def detector_key(config: IdsConfig, entry: Detector) -> str:
     return spec_hash(_data_key(config), trained, config.training, threat)
 
 
-def _weights(config: IdsConfig, entry: Entry, workdir: Path) -> Path:
-    return workdir / "detectors" / f"{entry.key}-{detector_key(config, entry)}"
+def _weights(config: IdsConfig, entry: Detector, workdir: Path) -> Path:
+    """Where the trained detector is kept: named by what it is trained as, so entries that differ only in the
+    defense around it share it."""
+    return workdir / "detectors" / f"{entry.name}-{detector_key(config, entry)}"
 
 
 def train_entry(config: IdsConfig, entry: Detector, world: World) -> nn.Module:
@@ -165,19 +167,27 @@ def defended(entry: Detector, model: nn.Module, world: World) -> nn.Module:
     return build_ids_defense(entry.defense, model, world.threat, **entry.defense_params)
 
 
-def detector(config: IdsConfig, store: Store, entry: Entry, workdir: Path) -> tuple[str, nn.Module]:
-    """The trained detector and its run: loaded when a finished run has its weights, else trained (the tree model
-    is retrained from its seed: scikit-learn has no format but pickle)."""
-    world, key, path = world_of(config), detector_key(config, entry), _weights(config, entry, workdir)
-    run_key = spec_hash(key, entry.defense, entry.defense_params)
-    done = store.find_finished(DETECTOR_KIND, run_key)
-    if done and path.with_suffix(".safetensors").exists():
-        return done, defended(entry, load_detector(path)[0], world)
+def _trained(config: IdsConfig, entry: Detector, world: World, path: Path) -> tuple[nn.Module, float]:
+    """The trained detector and the seconds its training took: loaded when its weights exist, else trained (and
+    saved; the tree model is retrained from its seed: scikit-learn has no format but pickle)."""
+    if path.with_suffix(".safetensors").exists():
+        model, meta = load_detector(path)
+        return model, float(meta.get("extra", {}).get("train_seconds", float("nan")))
     started = time.perf_counter()
     model = train_entry(config, entry, world)
     seconds = time.perf_counter() - started
     if has_gradients(model):
-        save_detector(model, path, columns=world.table.columns, classes=world.labels)
+        save_detector(model, path, columns=world.table.columns, classes=world.labels,
+                      extra={"train_seconds": seconds})
+    return model, seconds
+
+
+def detector(config: IdsConfig, store: Store, entry: Detector, workdir: Path) -> tuple[str, nn.Module]:
+    """The detector as deployed (trained, inside its defense) and its run, measured on the test split once."""
+    world, key, path = world_of(config), detector_key(config, entry), _weights(config, entry, workdir)
+    run_key = spec_hash(key, entry.defense, entry.defense_params)
+    done = store.find_finished(DETECTOR_KIND, run_key)
+    model, seconds = _trained(config, entry, world, path)
     model = defended(entry, model, world)
     if done:
         return done, model
