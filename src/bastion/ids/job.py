@@ -117,7 +117,7 @@ def _build_world(config: IdsConfig) -> World:
     return World(table, train, test, labels, y, threat)
 
 
-def _env() -> dict[str, Any]:
+def run_environment() -> dict[str, Any]:
     return {"bastion": bastion.__version__, "torch": torch.__version__, "python": platform.python_version(),
             "machine": platform.machine()}
 
@@ -192,7 +192,7 @@ def detector(config: IdsConfig, store: Store, entry: Detector, workdir: Path) ->
     if done:
         return done, model
     run_id = store.open_run(DETECTOR_KIND, run_key, {"detector": entry.model_dump(mode="json"), **_data_key(config)},
-                            config.seed, _env())
+                            config.seed, run_environment())
     store.finish_run(run_id, {**clean_metrics(model, world), "train_seconds": seconds, "detector": entry.key})
     return run_id, model
 
@@ -234,7 +234,7 @@ def attack_cell(config: IdsConfig, store: Store, det: Detector, model: nn.Module
     world = world_of(config)
     run_id = store.open_run(ATTACK_KIND, key, {"detector": det.model_dump(mode="json"),
                                                "attack": attack.model_dump(mode="json"), "eps": config.eps,
-                                               "norm": config.norm}, config.seed, _env())
+                                               "norm": config.norm}, config.seed, run_environment())
     index = attack_rows(config, world)
     result = evade(model, world.rows(index), world.table.labels[index], world.threat, attack.name,
                    with_reference(attack, world), seed=config.seed, surrogate=surrogate)
@@ -290,7 +290,7 @@ def run_ids(config: IdsConfig, store: Store, workdir: Path, progress: Progress |
             say(f"{attack.key} vs {det.key}")
             cells[(det.key, attack.key)] = attack_cell(config, store, det, model, attack, surrogate, workdir)
     run_id = store.find_finished(RUN_KIND, key) or store.open_run(RUN_KIND, key, config.model_dump(mode="json"),
-                                                                  config.seed, _env())
+                                                                  config.seed, run_environment())
     store.finish_run(run_id, summarize(config, store, detectors, cells))
     return run_id
 
