@@ -84,10 +84,12 @@ def table(result: dict[str, Any]) -> str:
     s = result["summary"]
     cells = {(c["detector"], c["attack"]): c for c in s["cells"]}
     attacks = [a["label"] or a["name"] for a in result["config"]["attacks"]]
-    lines = ["| detector | clean detection | false positives | " + " | ".join(
-        f"{a}: valid success (success, valid)" for a in attacks) + " |", "|---" * (3 + len(attacks)) + "|"]
+    base = s["detectors"]["mlp"]["train_seconds"]
+    lines = ["| detector | clean detection | false positives | train s (x mlp) | " + " | ".join(
+        f"{a}: valid success (success, valid)" for a in attacks) + " |", "|---" * (4 + len(attacks)) + "|"]
     for name, d in s["detectors"].items():
-        row = [name, _pct(d["detection_rate"]), _pct(d["false_positive_rate"])]
+        row = [name, _pct(d["detection_rate"]), _pct(d["false_positive_rate"]),
+               f"{d['train_seconds']:.1f} ({d['train_seconds'] / base:.1f}x)"]
         for a in attacks:
             c = cells[(name, a)]
             row.append(f"{_pct(c['valid_success_rate'])} ({_pct(c['success_rate'])}, {_pct(c['valid_rate'])})")
