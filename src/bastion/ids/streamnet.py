@@ -223,7 +223,7 @@ def live_source(seconds: float, *, seed: int = 0, clients: int = 3, idle: int = 
     """The generator's traffic for ``seconds`` (its services, ``clients`` benign clients and the bounded attacks of
     ``seed``), metered live on its bridge; also the address -> label map of its actors (ground truth)."""
     from bastion.ids.generate.actors import ATTACKERS, SERVER, benign_clients, label_map
-    from bastion.ids.generate.run import _traffic
+    from bastion.ids.generate.run import run_traffic
     from bastion.ids.generate.services import TOOLS
 
     if not 5 <= seconds <= 3600 or not 1 <= clients <= 50:
@@ -242,7 +242,7 @@ def live_source(seconds: float, *, seed: int = 0, clients: int = 3, idle: int = 
             work.mkdir()
 
             def traffic() -> None:
-                _traffic(lab, work, seconds, seed, actors[1:1 + clients], lambda *_: None, seconds / 60)
+                run_traffic(lab, work, seconds, seed, actors[1:1 + clients], lambda *_: None, seconds / 60)
 
             threading.Thread(target=_drive, args=(flows, traffic, idle), daemon=True).start()
             yield flows, label_map(actors)
