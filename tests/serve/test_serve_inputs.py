@@ -99,7 +99,7 @@ def test_an_ids_detector_is_served_with_its_own_shape(server: Server, detector_p
     status, answer, _ = call(server.url + "/v1/models/flows/predict", {"inputs": rows.tolist()}, key)
     model, _ = load_detector(detector_path)
     with torch.no_grad():
-        expected = model(rows)
+        expected = model(rows).double()
     assert status == 200 and torch.allclose(torch.tensor(answer["scores"], dtype=torch.float64), expected)
     models = call(server.url + "/v1/models", method="GET")[1]["models"]
     assert [m["name"] for m in models] == ["mnist-cnn", "flows"] and models[1]["input_shape"] == [6]
