@@ -65,38 +65,45 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def create_app(models: list[Served], store: KeyStore, limits: Limits = Limits()) -> FastAPI:
-    """The service for ``models`` (the first answers the bare paths), with keys and audit in ``store``."""
-    by_name = {m.name: m for m in models}
-    metrics = Metrics()
-    app = FastAPI(title="bastion serve", version="1", docs_url=None, redoc_url=None)
+Answer = tuple[int, dict[str, Any], dict[str, str], str | None]  # status, JSON body, headers, rejection reason
 
-    async def serve(request: Request, name: str | None, parse: Callable, endpoint: str) -> Response:
+
+class Service:
+    """The request path of one app: admission (body, key, model, validation), then charge, model and hardening."""
+
+    def __init__(self, models: list[Served], store: KeyStore, limits: Limits) -> None:
+        self.models, self.store, self.limits = models, store, limits
+        self.by_name = {m.name: m for m in models}
+        self.metrics = Metrics()
+
+    async def respond(self, request: Request, name: str | None, parse: Callable, endpoint: str) -> Response:
         start = time.perf_counter()
-        status, payload, headers, reason = await _answer(request, name, parse, endpoint)
-        metrics.observe(endpoint, status, time.perf_counter() - start, reason)
+        status, payload, headers, reason = await self.answer(request, name, parse, endpoint)
+        self.metrics.observe(endpoint, status, time.perf_counter() - start, reason)
         return JSONResponse(payload, status_code=status, headers=headers)
 
-    async def _answer(request: Request, name: str | None, parse: Callable,
-                      endpoint: str) -> tuple[int, dict[str, Any], dict[str, str], str | None]:
+    async def answer(self, request: Request, name: str | None, parse: Callable, endpoint: str) -> Answer:
         who: Decision | None = None
         try:
-            body = await read_body(request, limits.max_body)
-            who = await run_in_threadpool(store.identify, api_key(request))
+            body = await read_body(request, self.limits.max_body)
+            who = await run_in_threadpool(self.store.identify, api_key(request))
             if who.status != 200:
-                await run_in_threadpool(store.record, who, 0, endpoint)
+                await run_in_threadpool(self.store.record, who, 0, endpoint)
                 return who.status, {"error": who.message}, {}, who.reason
-            model = by_name.get(name or models[0].name)
+            model = self.by_name.get(name or self.models[0].name)
             if model is None:
-                raise BadRequest(404, "unknown_model", f"no model named {name!r}; served: {', '.join(by_name)}")
-            x = await run_in_threadpool(lambda: parse(parse_json(body, limits), model.input_shape, limits,
+                raise BadRequest(404, "unknown_model", f"no model named {name!r}; served: {', '.join(self.by_name)}")
+            x = await run_in_threadpool(lambda: parse(parse_json(body, self.limits), model.input_shape, self.limits,
                                                       model.lower, model.upper))
         except BadRequest as bad:
             denied = Decision(bad.status, bad.reason, bad.message, who.key_id if who else None)
-            await run_in_threadpool(store.record, denied, 0, endpoint)
+            await run_in_threadpool(self.store.record, denied, 0, endpoint)
             return bad.status, {"error": bad.message}, {}, bad.reason
+        return await self.charge_and_run(request, model, x, endpoint)
+
+    async def charge_and_run(self, request: Request, model: Served, x: Any, endpoint: str) -> Answer:
         n = int(x.shape[0])
-        decision = await run_in_threadpool(store.authorize, api_key(request), n, endpoint)
+        decision = await run_in_threadpool(self.store.authorize, api_key(request), n, endpoint)
         if decision.status != 200:
             headers = {"Retry-After": str(max(1, round(decision.retry_after)))} if decision.retry_after else {}
             payload: dict[str, Any] = {"error": decision.message}
@@ -105,24 +112,16 @@ def create_app(models: list[Served], store: KeyStore, limits: Limits = Limits())
                 payload["reset_at"] = decision.reset_at
             return decision.status, payload, headers, decision.reason
         logits = await run_in_threadpool(model, x)
-        metrics.queries.labels(model.name).inc(n)
+        self.metrics.queries.labels(model.name).inc(n)
         return 200, harden(logits, decision.policy), {}, None
 
-    @app.post("/predict")
-    async def predict(request: Request) -> Response:
-        return await serve(request, None, predict_request, "predict")
 
-    @app.post("/predict/batch")
-    async def predict_batch(request: Request) -> Response:
-        return await serve(request, None, batch_request, "batch")
-
-    @app.post("/v1/models/{name}/predict")
-    async def predict_named(name: str, request: Request) -> Response:
-        return await serve(request, name, predict_request, "predict")
-
-    @app.post("/v1/models/{name}/predict/batch")
-    async def predict_named_batch(name: str, request: Request) -> Response:
-        return await serve(request, name, batch_request, "batch")
+def create_app(models: list[Served], store: KeyStore, limits: Limits = Limits()) -> FastAPI:
+    """The service for ``models`` (the first answers the bare paths), with keys and audit in ``store``."""
+    service = Service(models, store, limits)
+    app = FastAPI(title="bastion serve", version="1", docs_url=None, redoc_url=None)
+    for path, parse, endpoint in (("/predict", predict_request, "predict"), ("/predict/batch", batch_request, "batch")):
+        _routes(app, service, path, parse, endpoint)
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
@@ -139,14 +138,26 @@ def create_app(models: list[Served], store: KeyStore, limits: Limits = Limits())
             await run_in_threadpool(store.list)
         except Exception as err:  # the database is gone or locked: not ready, say why
             return JSONResponse({"status": "not ready", "error": f"database: {err}"}, status_code=503)
-        return JSONResponse({"status": "ready", "models": list(by_name)})
+        return JSONResponse({"status": "ready", "models": list(service.by_name)})
 
     @app.get("/metrics")
     async def prometheus() -> Response:
-        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+        return Response(service.metrics.render(), media_type="text/plain; version=0.0.4")
 
-    _error_handlers(app, metrics)
+    _error_handlers(app, service.metrics)
     return app
+
+
+def _routes(app: FastAPI, service: Service, path: str, parse: Callable, endpoint: str) -> None:
+    """``POST path`` for the first model and ``POST /v1/models/{name}path`` for any served one."""
+
+    @app.post(path, name=f"{endpoint}_default")
+    async def default(request: Request) -> Response:
+        return await service.respond(request, None, parse, endpoint)
+
+    @app.post(f"/v1/models/{{name}}{path}", name=f"{endpoint}_named")
+    async def named(name: str, request: Request) -> Response:
+        return await service.respond(request, name, parse, endpoint)
 
 
 def _error_handlers(app: FastAPI, metrics: Metrics) -> None:
