@@ -21,6 +21,7 @@ from bastion.cli import (
     models,
     poison,
     runs,
+    serve,
     steal,
     sweep,
 )
@@ -43,6 +44,7 @@ app.command("compare")(compare.compare_cmd)
 app.add_typer(poison.poison_app, name="poison")
 app.add_typer(steal.steal_app, name="steal")
 app.add_typer(ids.ids_app, name="ids")
+app.add_typer(serve.serve_app, name="serve")
 
 
 def main() -> None:
