@@ -32,4 +32,6 @@ for tool in "ip iproute2" "tcpdump tcpdump" "nmap nmap" "hping3 hping3" "hydra h
   set -- $tool
   command -v "$1" >/dev/null 2>&1 || apt_install "$2" "traffic generation (bastion ids generate) will be unavailable"
 done
+# tcpreplay: `bastion ids stream --replay` sends a capture through namespaces in real time (and its test).
+command -v tcpreplay >/dev/null 2>&1 || apt_install tcpreplay "replayed real-time scoring will be unavailable"
 exit 0

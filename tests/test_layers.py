@@ -38,7 +38,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
               "bastion.ids.report")),
     ("api", ("bastion.api", "bastion.report")),
     ("jobs", ("bastion.evaluation.sweep", "bastion.compare", "bastion.poisoning.matrix", "bastion.poisoning.api",
-              "bastion.stealing.run", "bastion.stealing.api", "bastion.ids.api")),
+              "bastion.stealing.run", "bastion.stealing.api", "bastion.ids.api", "bastion.serve")),
     ("cli", ("bastion.cli", "bastion.__main__")),
 ]
 RANK = {name: i for i, (name, _) in enumerate(LAYERS)}

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
+from pydantic import BaseModel, ValidationError
 
-from bastion.errors import InvalidInputError
+from bastion.errors import InvalidInputError, config_errors
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
@@ -47,3 +52,26 @@ def read_preset(source: str | Path, presets: Path, what: str, command: str) -> t
                                     f"({', '.join(names)}); see `{command} --help`.")
         path = presets / f"{source}.yaml"
     return read_yaml_mapping(path, what), path
+
+
+def with_quick(data: dict[str, Any], quick: bool, default_name: str) -> dict[str, Any]:
+    """A preset's mapping without its ``quick:`` overrides, or (``quick``) with them applied and ``-quick`` added to
+    its name."""
+    overrides = data.pop("quick", None) or {}
+    return {**data, **overrides, "name": f"{data.get('name', default_name)}-quick"} if quick else data
+
+
+def parse_config(model: type[M], data: dict[str, Any], where: str, what: str) -> M:
+    """``data`` validated as ``model``; one line naming ``where`` and the first problems otherwise."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidInputError(f"{where}: invalid {what}: {config_errors(exc)}") from None
+    except ValueError as exc:
+        raise InvalidInputError(f"{where}: {exc}") from None
+
+
+def spec_hash(*parts: Any) -> str:
+    """A short content key of config parts (pydantic models as their JSON data): runs are keyed by what decides them."""
+    blob = json.dumps([p.model_dump(mode="json") if isinstance(p, BaseModel) else p for p in parts], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]

@@ -77,3 +77,16 @@ def test_non_cic_columns_get_no_relations() -> None:
     data = np.random.default_rng(0).random((10, 3))
     threat = flow_threat(("a", "b", "c"), data)
     assert threat.relations == () and threat.free.all()
+
+
+def test_a_flow_cannot_outrun_the_wire() -> None:
+    """A duration squeezed to a fraction of a microsecond keeps its packets at a rate no link carries: invalid."""
+    rows, _ = synthetic_flows(50, seed=2)
+    threat = flow_threat(FEATURE_NAMES, rows, eps=0.05)
+    x = torch.as_tensor(rows)
+    many = int(torch.nonzero(x[:, FEATURE_NAMES.index("Total Fwd Packets")] > 5)[0])
+    squeezed = x[many:many + 1].clone()
+    squeezed[0, FEATURE_NAMES.index("Flow Duration")] = 1e-6
+    squeezed = threat.complete(squeezed)
+    broken = {k for k, v in threat.violations(squeezed, x[many:many + 1]).items() if bool(v[0])}
+    assert "[Flow Packets/s] <= 14880952" in broken and "[Flow Bytes/s] <= 1250000000" in broken

@@ -59,3 +59,19 @@ def test_the_report(finished) -> None:
     for png in ("confusion.png", "classes.png", "validity.png"):
         assert (root / "report" / png).stat().st_size > 1000
     assert "| mlp | pgd |" in paths["md"].read_text()
+
+
+def test_a_defended_entry_shares_the_trained_detector(tmp_path: Path) -> None:
+    data = write_bastion_csv(str(tmp_path / "flows.csv"), n=400)
+    config = parse_ids({"name": "g", "data": data, "training": {"epochs": 3}, "attacks": [{"name": "pgd"}],
+                        "per_class": 10, "eps": 0.2,
+                        "detectors": [{"name": "mlp"},
+                                      {"name": "mlp", "label": "gated", "defense": "constraint_gate"}]})
+    store = Store(tmp_path / "s.sqlite")
+    summary = store.get_run(run_ids(config, store, tmp_path / "w")).summary
+    assert len(list((tmp_path / "w" / "detectors").glob("*.safetensors"))) == 1
+    plain, gated = summary["detectors"]["mlp"], summary["detectors"]["gated"]
+    assert gated["train_seconds"] == plain["train_seconds"]
+    cells = {c["detector"]: c for c in summary["cells"]}
+    # the gate turns every unconstrained PGD flow (none of them could exist) into an alarm
+    assert cells["mlp"]["success_rate"] > 0.3 and cells["gated"]["success_rate"] == 0.0

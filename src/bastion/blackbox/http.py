@@ -16,6 +16,9 @@ holding exactly one of::
 An endpoint that answers labels only is a decision-based (label-only) target. Errors are any non-200
 status, optionally with ``{"error": "message"}``; 4xx errors are not retried, 429 and 5xx are.
 
+Authentication: ``RemoteModel(api_key=...)`` (or, when not given, the ``BASTION_API_KEY`` environment variable)
+is sent as the ``X-API-Key`` header (what ``bastion serve`` checks); the key is never part of a run's record.
+
 Client behaviour: each request has a ``timeout`` (seconds); connection failures, timeouts, 429 and
 5xx answers are retried ``retries`` times with exponential backoff (``backoff * 2**attempt`` seconds).
 Anything else (a 4xx status, a body that is not JSON, the wrong number of outputs) fails at once.
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import threading
 import time
@@ -64,10 +68,11 @@ class RemoteModel(nn.Module):
         num_classes: encode a label-only endpoint's answers one-hot with this many classes.
         scores_needed: the caller needs real scores (a score-based attack): a label-only answer is an error
             naming the decision-based attacks instead.
+        api_key: sent as the ``X-API-Key`` header; ``None`` reads ``BASTION_API_KEY`` from the environment.
     """
 
     def __init__(self, url: str, *, timeout: float = 10.0, retries: int = 2, backoff: float = 0.5,
-                 num_classes: int | None = None, scores_needed: bool = False) -> None:
+                 num_classes: int | None = None, scores_needed: bool = False, api_key: str | None = None) -> None:
         super().__init__()
         if timeout <= 0 or retries < 0 or backoff < 0:
             raise ValueError("timeout must be positive, retries and backoff non-negative")
@@ -77,6 +82,7 @@ class RemoteModel(nn.Module):
         self.backoff = backoff
         self.sent = 0  # inputs sent, retries included
         self.num_classes, self.scores_needed = num_classes, scores_needed
+        self._api_key = api_key if api_key is not None else os.environ.get("BASTION_API_KEY") or None
 
     def forward(self, x: Tensor) -> Tensor:
         body = json.dumps({"inputs": x.detach().cpu().float().tolist(), "shape": list(x.shape)}).encode()
@@ -100,8 +106,10 @@ class RemoteModel(nn.Module):
         return out.to(x.device)
 
     def _post(self, body: bytes, n: int) -> bytes:
-        request = urllib.request.Request(self.url, data=body, method="POST",
-                                         headers={"Content-Type": "application/json"})
+        headers = {"Content-Type": "application/json"}
+        if self._api_key:
+            headers["X-API-Key"] = self._api_key
+        request = urllib.request.Request(self.url, data=body, method="POST", headers=headers)
         failure = ""
         status: int | None = None
         for attempt in range(self.retries + 1):

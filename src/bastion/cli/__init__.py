@@ -17,9 +17,11 @@ from bastion.cli import (
     evaluate,
     ids,
     ids_eval,  # noqa: F401  (adds evaluate, train, attack and list to `bastion ids`)
+    ids_stream,  # noqa: F401  (adds stream to `bastion ids`)
     models,
     poison,
     runs,
+    serve,
     steal,
     sweep,
 )
@@ -42,6 +44,7 @@ app.command("compare")(compare.compare_cmd)
 app.add_typer(poison.poison_app, name="poison")
 app.add_typer(steal.steal_app, name="steal")
 app.add_typer(ids.ids_app, name="ids")
+app.add_typer(serve.serve_app, name="serve")
 
 
 def main() -> None:

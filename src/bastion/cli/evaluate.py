@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, get_args
 
 import typer
@@ -85,6 +86,8 @@ def attack_cmd(
     weights: str | None = WEIGHTS,
     target: str | None = typer.Option(None, help="remote black-box endpoint URL (JSON protocol, see README) "
                                                  "instead of --model; needs --dataset"),
+    api_key: str | None = typer.Option(None, envvar="BASTION_API_KEY", show_default=False,
+                                       help="API key for --target, sent as the X-API-Key header (never stored)"),
     max_queries: int | None = typer.Option(None, help="hard per-point query budget"),
     dataset: str | None = typer.Option(None),
     data: str | None = DATA,
@@ -121,6 +124,8 @@ def attack_cmd(
                                 "(a model file or name goes to --model).")
     params = parse_params(param, "--param")
     check_params(spec, params)  # before any model or data is loaded
+    if api_key:  # read by the HTTP client from the environment, so it never enters the run's config or record
+        os.environ["BASTION_API_KEY"] = api_key
     config = EvalConfig(model=target or model, weights=weights, dataset=dataset, data=data,
                         label_column=label_column, lower=lower, upper=upper, threat=read_threat(threat), split=split,
                         n=n, norm=norm,

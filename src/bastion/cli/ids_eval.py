@@ -70,7 +70,8 @@ def _print(summary: dict) -> None:
 
     for title, (headers, rows) in (("detectors (test split)", detector_table(summary)),
                                    ("attacks: success, validity, valid success", attack_table(summary)),
-                                   ("per class", class_table(summary))):
+                                   ("per class: valid success (the report has success and validity)",
+                                    class_table(summary, compact=True))):
         table = Table(*headers, title=title)
         for r in rows:
             table.add_row(*r)
@@ -125,16 +126,20 @@ def attack_cmd(
     seed: int = typer.Option(0, help="seed of the split (use the detector's) and of the attack"),
     param: list[str] = typer.Option([], "-p", help="attack parameter KEY=VALUE (repeatable)"),
     out: Path | None = typer.Option(None, "--out", help="write the adversarial flows here (.npz)"),
+    store: str | None = STORE,
 ) -> None:
     """Attack a saved detector on the test split's attack flows it catches; prints success, validity and valid
-    success per class."""
+    success per class and stores the run (`bastion runs show RUN_ID`)."""
+    import hashlib
+
     import numpy as np
 
     from bastion.errors import InvalidInputError
     from bastion.ids.config import parse_ids
     from bastion.ids.evasion import evade
-    from bastion.ids.job import attack_rows, world_of
+    from bastion.ids.job import ATTACK_KIND, attack_rows, evasion_summary, run_environment, with_reference, world_of
     from bastion.ids.models.io import load_detector
+    from bastion.store import Store
 
     model, meta = load_detector(detector)
     labels = "multiclass" if len(meta.get("classes", [])) > 2 else "binary"
@@ -147,14 +152,22 @@ def attack_cmd(
                                 "(bastion ids train).")
     index = attack_rows(cfg, world)
     with console.status(f"{attack} on {len(index)} attack flows"):
-        result = evade(model, world.rows(index), world.table.labels[index], world.threat, attack,
-                       parse_params(param), seed=seed)
+        params = with_reference(cfg.attacks[0].model_copy(update={"params": parse_params(param)}), world)
+        result = evade(model, world.rows(index), world.table.labels[index], world.threat, attack, params, seed=seed)
     overall = result.rates()
     console.print(f"{attack} ({result.route}): {overall['attacked']} caught flows attacked; success "
                   f"{100 * overall['success_rate']:.1f}%, valid {100 * overall['valid_rate']:.1f}%, valid success "
                   f"{100 * overall['valid_success_rate']:.1f}% in {result.seconds:.1f} s")
     for name, r in result.per_class().items():
         console.print(f"  {name}: {r['attacked']} attacked, valid success {100 * r['valid_success_rate']:.1f}%")
+    weights = hashlib.sha256(Path(detector).with_suffix(".safetensors").read_bytes()).hexdigest()[:12]
+    st = Store(store)
+    run_id = st.create_run(ATTACK_KIND, f"cli-{weights}-{attack}-{eps}-{norm}-{seed}",
+                           {"detector": str(detector), "attack": {"name": attack, "params": parse_params(param)},
+                            **cfg.model_dump(mode="json", include={"data", "eps", "norm", "constraints", "per_class"})},
+                           seed, run_environment())
+    st.finish_run(run_id, evasion_summary(result, world, Path(detector).stem, attack, len(index)))
+    console.print(f"ids-attack run {run_id}")
     if out is not None:
         np.savez_compressed(out, clean=result.clean.numpy(), adversarial=result.adversarial.numpy(),
                             classes=result.classes.astype(str), columns=np.array(world.table.columns))

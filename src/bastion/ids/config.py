@@ -10,16 +10,13 @@ constraint.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from bastion.errors import InvalidInputError, config_errors
+from bastion.yamlfile import parse_config, read_preset, with_quick
 from bastion.yamlfile import preset_names as yaml_presets
-from bastion.yamlfile import read_preset
 
 PRESETS = Path(__file__).parent / "presets"
 SNAPSHOT = "snapshot"
@@ -98,11 +95,6 @@ class IdsConfig(BaseModel):
         return self
 
 
-def spec_hash(*parts: Any) -> str:
-    blob = json.dumps([p.model_dump(mode="json") if isinstance(p, BaseModel) else p for p in parts], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
 def preset_names() -> list[str]:
     return yaml_presets(PRESETS)
 
@@ -110,16 +102,9 @@ def preset_names() -> list[str]:
 def load_ids(source: str | Path, *, quick: bool = False) -> IdsConfig:
     """A YAML file or a built-in preset (``snapshot``); ``quick`` applies its ``quick:`` overrides."""
     data, path = read_preset(source, PRESETS, "IDS evaluation (docs/IDS.md)", "bastion ids evaluate")
-    overrides = data.pop("quick", None) or {}
-    if quick:
-        data = {**data, **overrides, "name": f"{data.get('name', 'ids')}-quick"}
+    data = with_quick(data, quick, "ids")
     return parse_ids(data, str(path))
 
 
 def parse_ids(data: dict[str, Any], where: str = "the IDS evaluation") -> IdsConfig:
-    try:
-        return IdsConfig.model_validate(data)
-    except ValidationError as exc:
-        raise InvalidInputError(f"{where}: invalid IDS evaluation: {config_errors(exc)}") from None
-    except ValueError as exc:
-        raise InvalidInputError(f"{where}: {exc}") from None
+    return parse_config(IdsConfig, data, where, "IDS evaluation")

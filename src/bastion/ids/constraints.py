@@ -3,7 +3,8 @@
 For CIC-IDS2017's layout (``bastion.ids.features``) the relations below are derived automatically, restricted to the
 columns a data set has (CIC-IDS2017's MachineLearningCSV files lack ``Protocol``, for example): a mean is a total
 over a count, a rate is a total over the duration, an inter-arrival mean is a span over the gaps between packets, a
-minimum is at most the mean and a maximum at least it, a flag count is at most the packets that could carry it. The
+minimum is at most the mean and a maximum at least it, a flag count is at most the packets that could carry it, and no
+rate exceeds what a 10 Gb/s link carries (so a duration cannot shrink below what its packets need). The
 destination port and the protocol are immutable (they are the attack's target); integer features stay integers; the
 box is the data's own range unless a constraint file says otherwise.
 
@@ -64,6 +65,14 @@ def _direction(d: str, total: str, count: str) -> list[str]:
     ]
 
 
+# Physical limits of the wire: a 10 Gb/s Ethernet link carries at most 14,880,952 frames a second (64-byte frames
+# plus the 20 bytes of preamble and inter-frame gap: 10e9 / (84 * 8)) and 1.25e9 bytes a second. Without them a flow
+# whose duration shrinks to a fraction of a microsecond would keep its packets at a rate no link can carry.
+LINE_PACKETS = 14_880_952
+LINE_BYTES = 1_250_000_000
+_LINE = (f"[Flow Packets/s] <= {LINE_PACKETS}", f"[Fwd Packets/s] <= {LINE_PACKETS}",
+         f"[Bwd Packets/s] <= {LINE_PACKETS}", f"[Flow Bytes/s] <= {LINE_BYTES}")
+
 CIC_RELATIONS: tuple[str, ...] = (
     *_direction("Fwd", "Total Length of Fwd Packets", "Total Fwd Packets"),
     *_direction("Bwd", "Total Length of Bwd Packets", "Total Backward Packets"),
@@ -81,6 +90,7 @@ CIC_RELATIONS: tuple[str, ...] = (
     "[Packet Length Std] <= [Max Packet Length] - [Min Packet Length]",
     "[Down/Up Ratio] == floor([Total Backward Packets] / [Total Fwd Packets])",
     *(f"[{flag} Flag Count] <= {_PACKETS}" for flag in ("FIN", "SYN", "RST", "PSH", "ACK", "URG", "CWE", "ECE")),
+    *_LINE,
 )
 CIC_IMMUTABLE = ("Destination Port", "Protocol")
 

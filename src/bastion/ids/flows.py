@@ -28,7 +28,9 @@ class of its source address, else of its destination address (a flow first seen 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -50,9 +52,13 @@ def meter(pcap: str | Path) -> pd.DataFrame:
         raise InvalidInputError("nfstream is not installed: pip install 'nfstream==6.6.0'") from exc
     if not Path(pcap).is_file():
         raise InvalidInputError(f"no pcap at {pcap}; give the path of a capture file")
-    streamer = NFStreamer(source=str(pcap), statistical_analysis=True, accounting_mode=3, n_dissections=0,
-                          idle_timeout=IDLE_TIMEOUT_S, active_timeout=ACTIVE_TIMEOUT_S, n_meters=1)
-    return streamer.to_pandas()
+    return NFStreamer(source=str(pcap), **streamer_options()).to_pandas()
+
+
+def streamer_options(*, idle_timeout: int = IDLE_TIMEOUT_S, active_timeout: int = ACTIVE_TIMEOUT_S) -> dict[str, Any]:
+    """The ``NFStreamer`` settings of every bastion meter (a pcap read here, or a live meter with shorter timeouts)."""
+    return {"statistical_analysis": True, "accounting_mode": 3, "n_dissections": 0, "idle_timeout": idle_timeout,
+            "active_timeout": active_timeout, "n_meters": 1}
 
 
 def _rate(total: pd.Series, seconds: pd.Series) -> np.ndarray:
@@ -99,8 +105,11 @@ def _columns(raw: pd.DataFrame) -> dict[str, pd.Series | np.ndarray]:
     return cols
 
 
-def to_features(raw: pd.DataFrame, labels: dict[str, str] | None = None) -> pd.DataFrame:
-    """nfstream's table -> bastion's columns (``FEATURE_NAMES`` in order, then ``META``, then ``Label``)."""
+def to_features(raw: pd.DataFrame | Iterable[Mapping[str, Any]], labels: dict[str, str] | None = None) -> pd.DataFrame:
+    """nfstream's table -> bastion's columns (``FEATURE_NAMES`` in order, then ``META``, then ``Label``). ``raw`` may
+    also be nfstream flows as mappings (``flow_record`` of each ``NFlow``, as a live meter streams them)."""
+    if not isinstance(raw, pd.DataFrame):
+        raw = pd.DataFrame(list(raw))
     if raw.empty or "ip_version" not in raw:
         return pd.DataFrame(columns=[*FEATURE_NAMES, *META, LABEL])
     raw = raw[raw["ip_version"] == 4].reset_index(drop=True)
@@ -115,6 +124,11 @@ def to_features(raw: pd.DataFrame, labels: dict[str, str] | None = None) -> pd.D
     src = raw["src_ip"].map(labels).astype(object)
     out[LABEL] = src.fillna(raw["dst_ip"].map(labels).astype(object)).fillna(UNLABELLED).to_numpy()
     return out
+
+
+def flow_record(flow: Any) -> dict[str, Any]:
+    """One nfstream ``NFlow`` as a plain mapping of its attributes (what ``to_features`` reads)."""
+    return dict(zip(flow.keys(), flow.values(), strict=True))
 
 
 def pcap_to_flows(pcap: str | Path, labels: dict[str, str] | None = None) -> pd.DataFrame:

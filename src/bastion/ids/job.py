@@ -24,7 +24,7 @@ from torch import nn
 import bastion
 from bastion.attacks import get_attack
 from bastion.errors import InvalidInputError
-from bastion.ids.config import SNAPSHOT, Detector, Entry, IdsConfig, spec_hash
+from bastion.ids.config import SNAPSHOT, Detector, Entry, IdsConfig
 from bastion.ids.constraints import flow_threat
 from bastion.ids.defenses import build_ids_defense
 from bastion.ids.evasion import Evasion, evade, has_gradients
@@ -36,6 +36,7 @@ from bastion.ids.models.training import train_detector
 from bastion.ids.robust import adversarial_train
 from bastion.store import Store
 from bastion.threats.tabular import TabularThreat
+from bastion.yamlfile import spec_hash
 
 DETECTOR_KIND, ATTACK_KIND, RUN_KIND = "ids-detector", "ids-attack", "ids"
 Progress = Callable[[str], None]
@@ -116,7 +117,7 @@ def _build_world(config: IdsConfig) -> World:
     return World(table, train, test, labels, y, threat)
 
 
-def _env() -> dict[str, Any]:
+def run_environment() -> dict[str, Any]:
     return {"bastion": bastion.__version__, "torch": torch.__version__, "python": platform.python_version(),
             "machine": platform.machine()}
 
@@ -134,8 +135,10 @@ def detector_key(config: IdsConfig, entry: Detector) -> str:
     return spec_hash(_data_key(config), trained, config.training, threat)
 
 
-def _weights(config: IdsConfig, entry: Entry, workdir: Path) -> Path:
-    return workdir / "detectors" / f"{entry.key}-{detector_key(config, entry)}"
+def _weights(config: IdsConfig, entry: Detector, workdir: Path) -> Path:
+    """Where the trained detector is kept: named by what it is trained as, so entries that differ only in the
+    defense around it share it."""
+    return workdir / "detectors" / f"{entry.name}-{detector_key(config, entry)}"
 
 
 def train_entry(config: IdsConfig, entry: Detector, world: World) -> nn.Module:
@@ -164,24 +167,32 @@ def defended(entry: Detector, model: nn.Module, world: World) -> nn.Module:
     return build_ids_defense(entry.defense, model, world.threat, **entry.defense_params)
 
 
-def detector(config: IdsConfig, store: Store, entry: Entry, workdir: Path) -> tuple[str, nn.Module]:
-    """The trained detector and its run: loaded when a finished run has its weights, else trained (the tree model
-    is retrained from its seed: scikit-learn has no format but pickle)."""
-    world, key, path = world_of(config), detector_key(config, entry), _weights(config, entry, workdir)
-    run_key = spec_hash(key, entry.defense, entry.defense_params)
-    done = store.find_finished(DETECTOR_KIND, run_key)
-    if done and path.with_suffix(".safetensors").exists():
-        return done, defended(entry, load_detector(path)[0], world)
+def _trained(config: IdsConfig, entry: Detector, world: World, path: Path) -> tuple[nn.Module, float]:
+    """The trained detector and the seconds its training took: loaded when its weights exist, else trained (and
+    saved; the tree model is retrained from its seed: scikit-learn has no format but pickle)."""
+    if path.with_suffix(".safetensors").exists():
+        model, meta = load_detector(path)
+        return model, float(meta.get("extra", {}).get("train_seconds", float("nan")))
     started = time.perf_counter()
     model = train_entry(config, entry, world)
     seconds = time.perf_counter() - started
     if has_gradients(model):
-        save_detector(model, path, columns=world.table.columns, classes=world.labels)
+        save_detector(model, path, columns=world.table.columns, classes=world.labels,
+                      extra={"train_seconds": seconds})
+    return model, seconds
+
+
+def detector(config: IdsConfig, store: Store, entry: Detector, workdir: Path) -> tuple[str, nn.Module]:
+    """The detector as deployed (trained, inside its defense) and its run, measured on the test split once."""
+    world, key, path = world_of(config), detector_key(config, entry), _weights(config, entry, workdir)
+    run_key = spec_hash(key, entry.defense, entry.defense_params)
+    done = store.find_finished(DETECTOR_KIND, run_key)
+    model, seconds = _trained(config, entry, world, path)
     model = defended(entry, model, world)
     if done:
         return done, model
     run_id = store.open_run(DETECTOR_KIND, run_key, {"detector": entry.model_dump(mode="json"), **_data_key(config)},
-                            config.seed, _env())
+                            config.seed, run_environment())
     store.finish_run(run_id, {**clean_metrics(model, world), "train_seconds": seconds, "detector": entry.key})
     return run_id, model
 
@@ -223,7 +234,7 @@ def attack_cell(config: IdsConfig, store: Store, det: Detector, model: nn.Module
     world = world_of(config)
     run_id = store.open_run(ATTACK_KIND, key, {"detector": det.model_dump(mode="json"),
                                                "attack": attack.model_dump(mode="json"), "eps": config.eps,
-                                               "norm": config.norm}, config.seed, _env())
+                                               "norm": config.norm}, config.seed, run_environment())
     index = attack_rows(config, world)
     result = evade(model, world.rows(index), world.table.labels[index], world.threat, attack.name,
                    with_reference(attack, world), seed=config.seed, surrogate=surrogate)
@@ -279,7 +290,7 @@ def run_ids(config: IdsConfig, store: Store, workdir: Path, progress: Progress |
             say(f"{attack.key} vs {det.key}")
             cells[(det.key, attack.key)] = attack_cell(config, store, det, model, attack, surrogate, workdir)
     run_id = store.find_finished(RUN_KIND, key) or store.open_run(RUN_KIND, key, config.model_dump(mode="json"),
-                                                                  config.seed, _env())
+                                                                  config.seed, run_environment())
     store.finish_run(run_id, summarize(config, store, detectors, cells))
     return run_id
 

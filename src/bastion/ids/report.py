@@ -35,18 +35,20 @@ def detector_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]
     return headers, rows
 
 
-def class_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Per attack class: each detector's clean detection rate, then per attack the valid success rate."""
+def class_table(summary: dict[str, Any], *, compact: bool = False) -> tuple[list[str], list[list[str]]]:
+    """Per attack class: each detector's clean detection rate, then per attack the valid success rate (and, unless
+    ``compact``, the success and valid rates beside it)."""
     classes = sorted({k for d in summary["detectors"].values() for k in d["detection_per_class"]})
-    headers = ["class", *(f"{d}: clean detection" for d in summary["detectors"]),
-               *(f"{c['attack']} vs {c['detector']}: valid success (success, valid)" for c in summary["cells"])]
+    what = "valid success" if compact else "valid success (success, valid)"
+    headers = ["class", *(f"{d}: detected" for d in summary["detectors"]),
+               *(f"{c['attack']}/{c['detector']}: {what}" for c in summary["cells"])]
     rows = []
     for k in classes:
         row = [k, *(_pct(d["detection_per_class"].get(k)) for d in summary["detectors"].values())]
         for c in summary["cells"]:
             r = c["per_class"].get(k)
-            row.append("-" if r is None else f"{_pct(r['valid_success_rate'])} ({_pct(r['success_rate'])}, "
-                                             f"{_pct(r['valid_rate'])})")
+            row.append("-" if r is None else _pct(r["valid_success_rate"]) if compact else
+                       f"{_pct(r['valid_success_rate'])} ({_pct(r['success_rate'])}, {_pct(r['valid_rate'])})")
         rows.append(row)
     return headers, rows
 

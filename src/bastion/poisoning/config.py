@@ -8,16 +8,14 @@ the matrix's rate/target and pass ``params`` to its algorithm (checked against t
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from bastion.errors import InvalidInputError, config_errors
+from bastion.errors import InvalidInputError
+from bastion.yamlfile import parse_config, read_preset, with_quick
 from bastion.yamlfile import preset_names as yaml_presets
-from bastion.yamlfile import read_preset
 
 PRESETS = Path(__file__).parent / "presets"
 NONE = "none"
@@ -124,11 +122,6 @@ def check_names(config: PoisonConfig, num_classes: int) -> None:
             check_params("poisoning defense", d.name, d.params, POISON_DEFENSES.get(d.name).defaults)
 
 
-def spec_hash(*parts: Any) -> str:
-    blob = json.dumps([p.model_dump(mode="json") if isinstance(p, BaseModel) else p for p in parts], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
 def preset_names() -> list[str]:
     return yaml_presets(PRESETS)
 
@@ -136,16 +129,9 @@ def preset_names() -> list[str]:
 def load_poison(source: str | Path, *, quick: bool = False) -> PoisonConfig:
     """A YAML file or a built-in preset (``mnist``, ``fashion-mnist``); ``quick`` applies its ``quick:`` overrides."""
     data, path = read_preset(source, PRESETS, "poisoning matrix (docs/POISONING.md)", "bastion poison run")
-    overrides = data.pop("quick", None) or {}
-    if quick:
-        data = {**data, **overrides, "name": f"{data.get('name', 'poison')}-quick"}
+    data = with_quick(data, quick, "poison")
     return parse_poison(data, str(path))
 
 
 def parse_poison(data: dict[str, Any], where: str = "the poisoning matrix") -> PoisonConfig:
-    try:
-        return PoisonConfig.model_validate(data)
-    except ValidationError as exc:
-        raise InvalidInputError(f"{where}: invalid poisoning matrix: {config_errors(exc)}") from None
-    except ValueError as exc:
-        raise InvalidInputError(f"{where}: {exc}") from None
+    return parse_config(PoisonConfig, data, where, "poisoning matrix")

@@ -26,11 +26,12 @@ from torch import nn
 from bastion.data import load_dataset
 from bastion.data.base import DatasetSpec, Split
 from bastion.evaluation.sweep import Event
-from bastion.poisoning.config import NONE, AttackEntry, DefenseEntry, PoisonConfig, check_names, spec_hash
+from bastion.poisoning.config import NONE, AttackEntry, DefenseEntry, PoisonConfig, check_names
 from bastion.poisoning.cost import count_passes
 from bastion.poisoning.recipe import Recipe
 from bastion.poisoning.records import examples, histogram, jsonable
 from bastion.store import Store
+from bastion.yamlfile import spec_hash
 
 BUILD_KIND, CELL_KIND, MATRIX_KIND = "poison-build", "poison-cell", "poison"
 FORMAT = 1  # bump when the meaning of a stored build or cell changes

@@ -9,16 +9,13 @@ watches every attack's queries and the honest users'.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from bastion.errors import InvalidInputError, config_errors
+from bastion.yamlfile import parse_config, read_preset, with_quick
 from bastion.yamlfile import preset_names as yaml_presets
-from bastion.yamlfile import read_preset
 
 PRESETS = Path(__file__).parent / "presets"
 NONE = "none"
@@ -123,11 +120,6 @@ def check_names(config: StealConfig) -> None:
                 check_params(kind, e.name, e.params, registry.get(e.name).defaults)
 
 
-def spec_hash(*parts: Any) -> str:
-    blob = json.dumps([p.model_dump(mode="json") if isinstance(p, BaseModel) else p for p in parts], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
 def preset_names() -> list[str]:
     return yaml_presets(PRESETS)
 
@@ -135,16 +127,9 @@ def preset_names() -> list[str]:
 def load_steal(source: str | Path, *, quick: bool = False) -> StealConfig:
     """A YAML file or a built-in preset (``mnist``, ``mnist-full``); ``quick`` applies its ``quick:`` overrides."""
     data, path = read_preset(source, PRESETS, "stealing run (docs/STEALING.md)", "bastion steal run")
-    overrides = data.pop("quick", None) or {}
-    if quick:
-        data = {**data, **overrides, "name": f"{data.get('name', 'steal')}-quick"}
+    data = with_quick(data, quick, "steal")
     return parse_steal(data, str(path))
 
 
 def parse_steal(data: dict[str, Any], where: str = "the stealing run") -> StealConfig:
-    try:
-        return StealConfig.model_validate(data)
-    except ValidationError as exc:
-        raise InvalidInputError(f"{where}: invalid stealing run: {config_errors(exc)}") from None
-    except ValueError as exc:
-        raise InvalidInputError(f"{where}: {exc}") from None
+    return parse_config(StealConfig, data, where, "stealing run")

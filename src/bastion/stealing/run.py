@@ -30,11 +30,12 @@ from bastion.evaluation.sweep import Event
 from bastion.registry import check_params
 from bastion.stealing import DETECTORS, OUTPUT_DEFENSES, STEAL_ATTACKS, load_algorithms
 from bastion.stealing.base import DefenseContext, QueryAPI, ThiefView, Transcript, VictimSpec, as_probabilities
-from bastion.stealing.config import NOISE, NONE, Entry, StealConfig, check_names, spec_hash
+from bastion.stealing.config import NOISE, NONE, Entry, StealConfig, check_names
 from bastion.stealing.copy import CopyRecipe
 from bastion.stealing.metrics import agreement, false_alarms, first_flag, predict
 from bastion.store import Store
 from bastion.threat import LpThreat
+from bastion.yamlfile import spec_hash
 
 CELL_KIND, DEFENSE_KIND, DETECTOR_KIND, RUN_KIND = "steal-cell", "steal-defense", "steal-detector", "steal"
 FORMAT = 1  # bump when the meaning of a stored cell changes

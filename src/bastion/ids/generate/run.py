@@ -38,7 +38,7 @@ def _attacker(lab: Lab, actor: Actor, steps: list[Step], delay: float, cwd: Path
         lab.run(lab.ns(actor), ["env", "-C", str(cwd), *step.argv], timeout=step.timeout, log=log)
 
 
-def _traffic(lab: Lab, tmp: Path, seconds: float, seed: int, clients: tuple[Actor, ...], on_progress: Progress,
+def run_traffic(lab: Lab, tmp: Path, seconds: float, seed: int, clients: tuple[Actor, ...], on_progress: Progress,
              intensity: float) -> None:
     services = start_services(lab, lab.ns(SERVER), tmp, seconds + 60)
     rng = np.random.default_rng(seed)
@@ -75,7 +75,7 @@ def _capture(actors: tuple[Actor, ...], pcap: Path, seed: int, minutes: float, c
             dump = lab.spawn(lab.bridge_ns, ["tcpdump", "-i", "br0", "-n", "-U", "-Z", "root", "-s", "0",
                                              "-w", str(pcap), "ip"], log=tmp / "tcpdump.log")
             time.sleep(1.0)
-            _traffic(lab, tmp, minutes * 60, seed, actors[1:1 + clients], report, minutes)
+            run_traffic(lab, tmp, minutes * 60, seed, actors[1:1 + clients], report, minutes)
             time.sleep(2.0)
             dump.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
