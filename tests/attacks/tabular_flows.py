@@ -78,3 +78,19 @@ def random_mlp(classes: int, *, gain: float = 5.0, seed: int = 0) -> nn.Module:
         inner[0].weight.mul_(gain)
         inner[0].bias.copy_(-inner[0].weight @ centre)
     return Scaled(inner).eval()
+
+
+def seeded(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def linear_model(weights: list[float], bias: float) -> nn.Module:
+    """Two classes, logits (0, w . scaled(x) + b): the loss of class 0 rises along w."""
+    layer = nn.Linear(6, 2)
+    with torch.no_grad():
+        layer.weight.copy_(torch.stack([torch.zeros(6), torch.tensor(weights)]))
+        layer.bias.copy_(torch.tensor([0.0, bias]))
+    model = Scaled(layer).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.attacks.tabular_flows import Scaled, flow_threat, flows, trained_mlp
+from tests.attacks.tabular_flows import flow_threat, flows, linear_model, seeded, trained_mlp
 from torch import nn
 
 from bastion.attacks import ATTACKS
@@ -26,20 +26,6 @@ def mlp() -> nn.Module:
     return trained_mlp()
 
 
-def _seed(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def _linear(weights: list[float], bias: float) -> nn.Module:
-    """Two classes, logits (0, w . scaled(x) + b)."""
-    layer = nn.Linear(6, 2)
-    with torch.no_grad():
-        layer.weight.copy_(torch.stack([torch.zeros(6), torch.tensor(weights)]))
-        layer.bias.copy_(torch.tensor([0.0, bias]))
-    model = Scaled(layer).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
@@ -49,7 +35,7 @@ def test_valid_rows_that_break_points(name: str, norm: str, mlp: nn.Module) -> N
     than before the attack."""
     x, y = flows(48, seed=1)
     threat = flow_threat(norm, 0.05 if norm == "linf" else 0.1)
-    adv = ATTACKS.get(name).fn(mlp, x, y, threat, generator=_seed(), **PARAMS[name])
+    adv = ATTACKS.get(name).fn(mlp, x, y, threat, generator=seeded(), **PARAMS[name])
     bad = {k: int(v.sum()) for k, v in threat.violations(adv, x).items() if v.any()}
     assert threat.contains(adv, x).all(), f"{name}: invalid rows {bad}"
     assert torch.equal(adv[:, 0], x[:, 0]), "the immutable port moved"
@@ -63,7 +49,7 @@ def test_zoo_counts_its_queries_and_keeps_the_budget(mlp: nn.Module) -> None:
     x, y = flows(24, seed=1)
     threat, budget, k = flow_threat("linf", 0.02), 60, 4
     counter = CountingModel(mlp, x.shape[0], max_queries=budget)
-    adv = tabular_zoo(counter, x, y, threat, max_queries=budget, generator=_seed())
+    adv = tabular_zoo(counter, x, y, threat, max_queries=budget, generator=seeded())
     spent = counter.counts().forward
     assert bool((spent <= budget).all())
     assert bool(((spent - 1) % (2 * k + 1) == 0).all()), spent
@@ -81,7 +67,7 @@ def test_deepfool_walk_reaches_the_closed_form_boundary_point(norm: str) -> None
     w = torch.tensor([0.0, -1.0, 1.5, 2.0, 0.0, 0.0])
     threat = flow_threat(norm, 10.0)  # a budget that never binds
     lower, scale = threat.lower.float(), threat.scale.float()
-    model = _linear(w.tolist(), -1.5)
+    model = linear_model(w.tolist(), -1.5)
     g = ((x - lower) / scale) @ w - 1.5
     wf = w * threat.free.float()
     if norm == "l2":
@@ -108,7 +94,7 @@ def test_kde_evasion_without_density_is_plain_descent_on_the_margin() -> None:
     """lambda = 0: the attack is projected steepest descent on g alone; on a linear model g falls at every step, so
     its best row is the repair of the last iterate of the same descent written out here."""
     x, _ = flows(12, seed=7)
-    model = _linear([0.0, -1.0, 1.5, 2.0, 0.0, 0.0], -30.0)
+    model = linear_model([0.0, -1.0, 1.5, 2.0, 0.0, 0.0], -30.0)
     y = torch.zeros(12, dtype=torch.long)
     threat = flow_threat("linf", 0.05)
     adv = kde_evasion(model, x, y, threat, lam=0.0, steps=8)
@@ -145,11 +131,11 @@ def test_idsgan_is_seeded_and_training_helps(mlp: nn.Module) -> None:
     keep = mlp(x).argmax(1) == y
     x, y = x[keep], y[keep]
     threat = flow_threat("linf", 0.05)
-    first = ATTACKS.get("idsgan").fn(mlp, x, y, threat, epochs=10, generator=_seed(3))
-    assert torch.equal(first, ATTACKS.get("idsgan").fn(mlp, x, y, threat, epochs=10, generator=_seed(3)))
+    first = ATTACKS.get("idsgan").fn(mlp, x, y, threat, epochs=10, generator=seeded(3))
+    assert torch.equal(first, ATTACKS.get("idsgan").fn(mlp, x, y, threat, epochs=10, generator=seeded(3)))
     rates = []
     for epochs in (0, 100):
-        gan = Gan(mlp, x, y, threat, targeted=False, noise_dim=9, hidden=64, generator=_seed())
+        gan = Gan(mlp, x, y, threat, targeted=False, noise_dim=9, hidden=64, generator=seeded())
         gan.train(epochs=epochs, batch_size=64, lr=1e-3, critic_steps=5, clip=0.01)
         rates.append(float(gan.generate(torch.arange(len(y)))[1].float().mean()))
     assert rates[1] > rates[0], rates

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.attacks.tabular_flows import LOWER, UPPER, Scaled, flow_threat, flows, trained_mlp
+from tests.attacks.tabular_flows import LOWER, UPPER, flow_threat, flows, linear_model, seeded, trained_mlp
 from torch import Tensor, nn
 
 from bastion.attacks import ATTACKS
@@ -25,20 +25,6 @@ def mlp() -> nn.Module:
     return trained_mlp()
 
 
-def _seed(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def _linear(weights: list[float], bias: float) -> nn.Module:
-    """Two classes, logits (0, w . scaled(x) + b): the loss of class 0 rises along w."""
-    layer = nn.Linear(6, 2)
-    with torch.no_grad():
-        layer.weight.copy_(torch.stack([torch.zeros(6), torch.tensor(weights)]))
-        layer.bias.copy_(torch.tensor([0.0, bias]))
-    model = Scaled(layer).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
 
 
 @pytest.mark.parametrize("name", ["cpgd", "capgd"])
@@ -52,7 +38,7 @@ def test_linf_reaches_the_closed_form_constrained_optimum(name: str) -> None:
     x, _ = flows(16, seed=5)
     y = torch.zeros(16, dtype=torch.long)
     threat = flow_threat("linf", 0.0625)
-    adv = ATTACKS.get(name).fn(_linear([3.0, -2.0, 2.0, 1.0, 0.0, 4.0], -4.0), x, y, threat, generator=_seed())
+    adv = ATTACKS.get(name).fn(linear_model([3.0, -2.0, 2.0, 1.0, 0.0, 4.0], -4.0), x, y, threat, generator=seeded())
     packets = (x[:, 1] - 6).clamp_min(1)
     byts = (x[:, 2] + 1250).clamp_max(20000)
     mean = byts / packets
@@ -68,8 +54,8 @@ def test_l2_capgd_spends_the_whole_budget_on_the_one_feature_that_matters() -> N
     and leaves every other feature as it was."""
     x, _ = flows(8, seed=6)
     threat = flow_threat("l2", 0.05)
-    adv = capgd(_linear([0.0, 0.0, 0.0, 1.0, 0.0, 0.0], -2.0), x, torch.zeros(8, dtype=torch.long), threat,
-                generator=_seed())
+    adv = capgd(linear_model([0.0, 0.0, 0.0, 1.0, 0.0, 0.0], -2.0), x, torch.zeros(8, dtype=torch.long), threat,
+                generator=seeded())
     expected = x.clone()
     expected[:, 3] += 0.05 * 1e6
     torch.testing.assert_close(adv, expected, rtol=1e-6, atol=1e-2)
@@ -83,7 +69,7 @@ def test_every_returned_row_satisfies_every_constraint(name: str, norm: str, mlp
     x, y = flows(24, seed=1)
     threat = flow_threat(norm, 0.05 if norm == "linf" else 0.1)
     params = SMALL_SEARCH if name in ("moeva2", "caa") else {}
-    adv = ATTACKS.get(name).fn(mlp, x, y, threat, generator=_seed(), **params)
+    adv = ATTACKS.get(name).fn(mlp, x, y, threat, generator=seeded(), **params)
     bad = {k: int(v.sum()) for k, v in threat.violations(adv, x).items() if v.any()}
     assert threat.contains(adv, x).all(), f"{name}: invalid rows {bad}"
     assert torch.equal(adv[:, 0], x[:, 0]), "the immutable port moved"
@@ -99,7 +85,7 @@ def test_unconstrained_pgd_produces_flows_that_cannot_exist(mlp: nn.Module) -> N
     span = UPPER - LOWER
     scaled_model = _Unscale(mlp)
     u = (x - LOWER) / span
-    u_adv = pgd(scaled_model, u, y, LpThreat("linf", eps, lower=0.0, upper=1.0), steps=10, generator=_seed())
+    u_adv = pgd(scaled_model, u, y, LpThreat("linf", eps, lower=0.0, upper=1.0), steps=10, generator=seeded())
     x_pgd = LOWER + u_adv * span
     pgd_valid = threat.contains(x_pgd, x)
     pgd_success = mlp(x_pgd).argmax(1) != y
@@ -107,7 +93,7 @@ def test_unconstrained_pgd_produces_flows_that_cannot_exist(mlp: nn.Module) -> N
     assert float(pgd_valid.float().mean()) <= 0.1, f"PGD's rows were valid {float(pgd_valid.float().mean()):.0%}"
     assert why["immutable"].any() and why["integer"].any() and why["[mean] == [bytes] / [packets]"].any()
     assert int((pgd_success & ~pgd_valid).sum()) > 0, "PGD reported no success on an invalid flow"
-    assert threat.contains(capgd(mlp, x, y, threat, generator=_seed()), x).all()
+    assert threat.contains(capgd(mlp, x, y, threat, generator=seeded()), x).all()
 
 
 class _Unscale(nn.Module):
@@ -128,14 +114,14 @@ def test_moeva2_improves_over_generations_and_is_seeded(mlp: nn.Module) -> None:
     x, y = flows(10, seed=2)
     threat = flow_threat("linf", 0.01)
     params = {"population": 30, "offspring": 30}
-    short = moeva2(mlp, x, y, threat, generations=1, generator=_seed(), **params)
-    long = moeva2(mlp, x, y, threat, generations=12, generator=_seed(), **params)
+    short = moeva2(mlp, x, y, threat, generations=1, generator=seeded(), **params)
+    long = moeva2(mlp, x, y, threat, generations=12, generator=seeded(), **params)
     p_short = mlp(short).softmax(1).gather(1, y[:, None]).squeeze(1)
     p_long = mlp(long).softmax(1).gather(1, y[:, None]).squeeze(1)
     assert bool((p_long <= p_short + 1e-6).all())
     assert float(p_long.mean()) < float(p_short.mean()) - 1e-4
-    assert torch.equal(long, moeva2(mlp, x, y, threat, generations=12, generator=_seed(), **params))
-    assert not torch.equal(long, moeva2(mlp, x, y, threat, generations=12, generator=_seed(1), **params))
+    assert torch.equal(long, moeva2(mlp, x, y, threat, generations=12, generator=seeded(), **params))
+    assert not torch.equal(long, moeva2(mlp, x, y, threat, generations=12, generator=seeded(1), **params))
     assert threat.contains(long, x).all()
 
 
@@ -150,8 +136,8 @@ def test_caa_is_at_least_as_strong_as_capgd(mlp: nn.Module) -> None:
     valid row."""
     x, y = flows(24, seed=1)
     threat = flow_threat("l2", 0.1)
-    alone = capgd(mlp, x, y, threat, restarts=2, generator=_seed())
-    both = caa(mlp, x, y, threat, generator=_seed(), **SMALL_SEARCH)
+    alone = capgd(mlp, x, y, threat, restarts=2, generator=seeded())
+    both = caa(mlp, x, y, threat, generator=seeded(), **SMALL_SEARCH)
     broken_alone = (mlp(alone).argmax(1) != y) & threat.contains(alone, x)
     broken_both = (mlp(both).argmax(1) != y) & threat.contains(both, x)
     assert bool((broken_both | ~broken_alone).all())
@@ -166,9 +152,9 @@ def test_caa_counts_each_points_passes_to_that_point(mlp: nn.Module) -> None:
 
     x, y = flows(24, seed=1)
     threat = flow_threat("l2", 0.1)
-    alone = capgd(mlp, x, y, threat, restarts=2, generator=_seed())
+    alone = capgd(mlp, x, y, threat, restarts=2, generator=seeded())
     by_capgd = (mlp(alone).argmax(1) != y) & threat.contains(alone, x)
-    result = run_attack(mlp, x, y, threat, "caa", generator=_seed(), **SMALL_SEARCH)
+    result = run_attack(mlp, x, y, threat, "caa", generator=seeded(), **SMALL_SEARCH)
     attacked = mlp(x).argmax(1) == y
     forward = result.counts.forward
     search = 1 + SMALL_SEARCH["generations"] * SMALL_SEARCH["offspring"]
@@ -182,8 +168,8 @@ def test_caa_breaks_what_gradients_cannot_reach(mlp: nn.Module) -> None:
     quantised = _Quantised(mlp)
     x, y = flows(24, seed=1)
     threat = flow_threat("linf", 0.05)
-    alone = capgd(quantised, x, y, threat, restarts=2, generator=_seed())
-    both = caa(quantised, x, y, threat, generator=_seed(), **SMALL_SEARCH)
+    alone = capgd(quantised, x, y, threat, restarts=2, generator=seeded())
+    both = caa(quantised, x, y, threat, generator=seeded(), **SMALL_SEARCH)
     broken_alone = int(((quantised(alone).argmax(1) != y) & threat.contains(alone, x)).sum())
     broken_both = int(((quantised(both).argmax(1) != y) & threat.contains(both, x)).sum())
     assert broken_both > broken_alone, (broken_both, broken_alone)
