@@ -37,8 +37,10 @@ class Monitor:
     """Detector ``name`` with ``params`` (the paper's defaults for the rest), one state per (key, model)."""
 
     def __init__(self, name: str, params: dict[str, Any], models: list[Served]) -> None:
-        import bastion.stealing  # noqa: F401 (registers the detectors)
+        from bastion.stealing import load_algorithms
         from bastion.stealing.base import DETECTORS, check_params
+
+        load_algorithms()
 
         self.name = name
         self.spec = DETECTORS.get(name)

@@ -21,8 +21,10 @@ NO_DATA_DEFENSES = ("top1", "rounding", "top-k", "reverse-sigmoid")
 @functools.lru_cache(maxsize=64)
 def output_defense(name: str, params: str | None = None) -> nn.Module:
     """The defense ``name`` with ``params`` (JSON object) around the identity: it takes logits ``(N, C)``."""
-    import bastion.stealing  # noqa: F401 (registers the defenses)
+    from bastion.stealing import load_algorithms
     from bastion.stealing.base import OUTPUT_DEFENSES, DefenseContext, VictimSpec, check_params
+
+    load_algorithms()
 
     if name not in NO_DATA_DEFENSES:
         raise InvalidInputError(f"--output-defense {name!r} is not one of {', '.join(NO_DATA_DEFENSES)} (those "
