@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from bastion.cli import app
 from bastion.data import load_dataset
+from bastion.serve.keys import KeyStore
 from bastion.stealing import DETECTORS, DefenseContext, VictimSpec, load_algorithms
 from bastion.stealing.defenses.rounding import rounded as rounded_probs
 from bastion.zoo import load_model
@@ -144,3 +145,23 @@ def test_keys_create_takes_on_alarm_and_output_defense(tmp_path: Path) -> None:
                                                                           "--defense-param", "q=1"]):
         result = CliRunner().invoke(app, ["serve", "keys", "create", "b", "--db", db, *bad])
         assert result.exit_code != 0 and "Traceback" not in result.output, result.output
+
+
+def test_a_database_from_before_monitoring_gets_the_new_columns(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    with sqlite3.connect(db) as conn:  # the keys table as it was before on_alarm, defense, blocked, throttled
+        conn.execute("CREATE TABLE keys (id TEXT PRIMARY KEY, name TEXT NOT NULL, salt BLOB NOT NULL, hash BLOB NOT "
+                     "NULL, created REAL NOT NULL, revoked REAL, budget INTEGER NOT NULL, period_s REAL NOT NULL, "
+                     "period_start REAL NOT NULL, spent INTEGER NOT NULL DEFAULT 0, rate REAL NOT NULL, burst REAL "
+                     "NOT NULL, tokens REAL NOT NULL, refilled REAL NOT NULL, output TEXT NOT NULL DEFAULT 'scores', "
+                     "top_k INTEGER, decimals INTEGER)")
+        conn.execute("INSERT INTO keys VALUES ('00000000', 'old', x'00', x'00', 0, NULL, 10, 60, 0, 0, 1, 1, 1, 0, "
+                     "'labels', NULL, NULL)")
+    store = KeyStore(db)
+    try:
+        old = store.list()[0]
+        assert (old["on_alarm"], old["defense"], old["blocked"], old["output"]) == ("alert", None, None, "labels")
+        store.alarm("00000000", "block", "prada", "predict")
+        assert store.list()[0]["blocked"] is not None
+    finally:
+        store.close()
