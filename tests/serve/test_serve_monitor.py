@@ -165,3 +165,14 @@ def test_a_database_from_before_monitoring_gets_the_new_columns(tmp_path: Path) 
         assert store.list()[0]["blocked"] is not None
     finally:
         store.close()
+
+
+def test_monitor_refuses_a_detector_that_needs_benign_data() -> None:
+    from bastion.errors import InvalidInputError
+    from bastion.serve.model import load_served
+    from bastion.serve.monitor import Monitor
+
+    with pytest.raises(InvalidInputError, match="prada"):
+        Monitor("stateful-knn", {}, [load_served("mnist-cnn")])
+    with pytest.raises(InvalidInputError, match="delta"):
+        Monitor("prada", {"delt": 0.9}, [load_served("mnist-cnn")])

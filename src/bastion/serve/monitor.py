@@ -1,9 +1,11 @@
 """Extraction monitoring inside the service: every answered input of a key goes to a model-stealing detector of
 ``bastion.stealing`` (``bastion serve --monitor prada``), one detector state per (key, model).
 
-The detector is PRADA by default when monitoring is on (Juuti et al. 2019, EuroS&P; its defaults: ``delta=0.96``,
-``min_distances=100``, ``min_per_class=10``; see ``bastion.stealing.detectors.prada``). When a key's state first
-flags it, the service applies the key's ``on_alarm`` action (``bastion.serve.keys.KeyStore.alarm``).
+The detector is one that needs no benign data of the defender's: PRADA (Juuti et al. 2019, EuroS&P; its defaults:
+``delta=0.96``, ``min_distances=100``, ``min_per_class=10``; see ``bastion.stealing.detectors.prada``), the one
+tested in the service, or Blacklight (``stateful-knn`` calibrates on benign data, which the service does not
+have). When a key's state first flags it, the service applies the key's ``on_alarm`` action
+(``bastion.serve.keys.KeyStore.alarm``).
 
 The states live in this process's memory: a restart forgets every key's query history (a blocked or throttled key
 stays so, that is in the database). A state only grows (PRADA keeps its growing sets and distances), so a key's
@@ -19,7 +21,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from bastion.errors import InvalidInputError
 from bastion.serve.model import Served
+
+NO_DATA_DETECTORS = ("prada", "blacklight")
 
 
 class _Victim(nn.Module):
@@ -41,7 +46,9 @@ class Monitor:
         from bastion.stealing.base import DETECTORS, check_params
 
         load_algorithms()
-
+        if name not in NO_DATA_DETECTORS:
+            raise InvalidInputError(f"--monitor {name!r} is not one of {', '.join(NO_DATA_DETECTORS)} (detectors "
+                                    "that need no benign data); pick one, or none.")
         self.name = name
         self.spec = DETECTORS.get(name)
         self.params = check_params("extraction detector", name, params, self.spec.defaults)
