@@ -115,7 +115,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, detector_path: Path) -> Ite
 
 
 def new_key(db: Path, name: str = "test", **kwargs: Any) -> str:
-    policy = Policy(**{k: kwargs.pop(k) for k in ("output", "top_k", "decimals") if k in kwargs})
+    policy = Policy(**{k: kwargs.pop(k) for k in ("output", "top_k", "decimals", "defense", "defense_params",
+                                                   "on_alarm") if k in kwargs})
     store = KeyStore(db)
     try:
         return store.create(name, policy=policy, **kwargs)

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from bastion.cli.common import friendly
+from bastion.cli.common import friendly, parse_params
 
 serve_app = typer.Typer(help="Serve models behind API keys, budgets, validation and an audit log.",
                         invoke_without_command=True)
@@ -37,6 +37,10 @@ def serve_cmd(
     threads: int = typer.Option(1, help="torch threads for the model"),
     ssl_certfile: str | None = typer.Option(None, help="TLS certificate (PEM); with --ssl-keyfile serves HTTPS"),
     ssl_keyfile: str | None = typer.Option(None, help="TLS private key (PEM)"),
+    monitor: str = typer.Option("none", help="extraction detector watching every key's answered inputs (prada; "
+                                             "none: off); each key's --on-alarm says what a flag does"),
+    monitor_param: list[str] = typer.Option([], "--monitor-param", help="detector parameter KEY=VALUE, e.g. "
+                                                                         "delta=0.96 (repeat)"),
 ) -> None:
     """Serve models with the JSON protocol `bastion attack --target URL` speaks."""
     if ctx.invoked_subcommand is not None:
@@ -48,6 +52,7 @@ def serve_cmd(
     from bastion.serve.app import create_app
     from bastion.serve.keys import KeyStore
     from bastion.serve.model import load_served
+    from bastion.serve.monitor import Monitor
     from bastion.serve.validate import Limits
 
     if not model:
@@ -59,7 +64,9 @@ def serve_cmd(
     if not _loopback(host):
         logger.warning("bastion serve binds %s: reachable beyond this machine%s", host,
                        "" if ssl_certfile else " and without TLS (give --ssl-certfile/--ssl-keyfile)")
-    app = create_app(served, KeyStore(db), Limits(max_body=max_body, max_depth=max_depth, max_batch=max_batch))
+    watch = None if monitor == "none" else Monitor(monitor, parse_params(monitor_param, "--monitor-param"), served)
+    app = create_app(served, KeyStore(db), Limits(max_body=max_body, max_depth=max_depth, max_batch=max_batch),
+                     watch)
     uvicorn.run(app, host=host, port=port, log_level="warning", ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
 
 
@@ -82,12 +89,21 @@ def keys_create(
     output: str = typer.Option("scores", help="scores, probabilities or labels"),
     top_k: int | None = typer.Option(None, help="answer only the k largest probabilities"),
     decimals: int | None = typer.Option(None, help="round scores to this many decimals"),
+    output_defense: str | None = typer.Option(None, help="answer through this output defense: top1, rounding, "
+                                                         "top-k or reverse-sigmoid"),
+    defense_param: list[str] = typer.Option([], "--defense-param", help="output defense parameter KEY=VALUE "
+                                                                         "(repeat)"),
+    on_alarm: str = typer.Option("alert", help="what an extraction alarm (bastion serve --monitor) does to this "
+                                               "key: alert, throttle or block"),
 ) -> None:
     """Create a key; its token is printed once and never stored."""
+    import json
+
     from bastion.serve.keys import KeyStore, Policy
 
+    params = json.dumps(parse_params(defense_param, "--defense-param"), sort_keys=True) if defense_param else None
     token = KeyStore(db).create(name, budget=budget, period_s=period, rate=rate, burst=burst,
-                                policy=Policy(output, top_k, decimals))
+                                policy=Policy(output, top_k, decimals, output_defense, params, on_alarm))
     typer.echo(token)
 
 
@@ -97,12 +113,14 @@ def keys_list(db: str = DB) -> None:
     """List the keys (ids and limits; tokens are not stored)."""
     from bastion.serve.keys import KeyStore
 
-    table = Table("id", "name", "state", "spent", "budget", "rate/s", "burst", "output")
+    table = Table("id", "name", "state", "spent", "budget", "rate/s", "burst", "output", "on alarm")
     for k in KeyStore(db).list():
-        out = k["output"] + (f", top-{k['top_k']}" if k["top_k"] else "") + \
+        out = (k["defense"] or k["output"]) + (f", top-{k['top_k']}" if k["top_k"] else "") + \
             (f", {k['decimals']} dp" if k["decimals"] is not None else "")
-        table.add_row(k["id"], k["name"], "revoked" if k["revoked"] else "active", str(k["spent"]), str(k["budget"]),
-                      f"{k['rate']:g}", f"{k['burst']:g}", out)
+        state = "revoked" if k["revoked"] else "blocked" if k["blocked"] else \
+            "throttled" if k["throttled"] else "active"
+        table.add_row(k["id"], k["name"], state, str(k["spent"]), str(k["budget"]), f"{k['rate']:g}",
+                      f"{k['burst']:g}", out, k["on_alarm"])
     Console().print(table)
 
 

@@ -15,8 +15,10 @@ Endpoints (``{name}`` is a served model; the bare paths answer for the first one
 
 Every predict request is, in order: body size (413), API key (401 none or wrong, 403 revoked), model name (404),
 JSON and schema (400/422), charge of N queries against the key's budget and token bucket (429 with ``Retry-After``
-and the reset time; 413 for a batch over the key's burst), model, output hardening. Errors are ``{"error": msg}``.
-Each decision is one audit row; the charge and its audit row share one transaction.
+and the reset time; 413 for a batch over the key's burst), model, extraction monitor (when on: the request that
+makes the detector flag a key whose action is ``block`` is answered 403 ``blocked_by_detector``, as is every later
+one), output hardening. Errors are ``{"error": msg}``. Each decision is one audit row; the charge and its audit row
+share one transaction, as do an alarm's action and its row.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from starlette.exceptions import HTTPException
 from bastion.serve.keys import Decision, KeyStore
 from bastion.serve.metrics import Metrics
 from bastion.serve.model import Served
+from bastion.serve.monitor import Monitor
 from bastion.serve.output import harden
 from bastion.serve.validate import BadRequest, Limits, batch_request, parse_json, predict_request
 
@@ -71,8 +74,8 @@ Answer = tuple[int, dict[str, Any], dict[str, str], str | None]  # status, JSON 
 class Service:
     """The request path of one app: admission (body, key, model, validation), then charge, model and hardening."""
 
-    def __init__(self, models: list[Served], store: KeyStore, limits: Limits) -> None:
-        self.models, self.store, self.limits = models, store, limits
+    def __init__(self, models: list[Served], store: KeyStore, limits: Limits, monitor: Monitor | None) -> None:
+        self.models, self.store, self.limits, self.monitor = models, store, limits, monitor
         self.by_name = {m.name: m for m in models}
         self.metrics = Metrics()
 
@@ -113,12 +116,32 @@ class Service:
             return decision.status, payload, headers, decision.reason
         logits = await run_in_threadpool(model, x)
         self.metrics.queries.labels(model.name).inc(n)
+        if (self.monitor is not None and decision.key_id is not None
+                and await run_in_threadpool(self.monitor.observe, decision.key_id, model, x)):
+            blocked = await self.raise_alarm(decision, endpoint)
+            if blocked is not None:
+                return blocked
         return 200, harden(logits, decision.policy), {}, None
 
+    async def raise_alarm(self, decision: Decision, endpoint: str) -> Answer | None:
+        """Apply the key's ``on_alarm`` action; the 403 answer when it is ``block``."""
+        assert self.monitor is not None and decision.key_id is not None
+        action = decision.policy.on_alarm
+        await run_in_threadpool(self.store.alarm, decision.key_id, action, self.monitor.name, endpoint)
+        self.metrics.alarms.labels(self.monitor.name, action).inc()
+        logger.warning("bastion serve: %s flagged key %s as extraction; action %s", self.monitor.name,
+                       decision.key_id, action)
+        if action != "block":
+            return None
+        return 403, {"error": "this API key was blocked: its queries looked like model extraction; ask the "
+                     "operator to review it"}, {}, "blocked_by_detector"
 
-def create_app(models: list[Served], store: KeyStore, limits: Limits = Limits()) -> FastAPI:
-    """The service for ``models`` (the first answers the bare paths), with keys and audit in ``store``."""
-    service = Service(models, store, limits)
+
+def create_app(models: list[Served], store: KeyStore, limits: Limits = Limits(),
+               monitor: Monitor | None = None) -> FastAPI:
+    """The service for ``models`` (the first answers the bare paths), with keys and audit in ``store``, and the
+    extraction ``monitor`` (None: off) watching every key's answered inputs."""
+    service = Service(models, store, limits, monitor)
     app = FastAPI(title="bastion serve", version="1", docs_url=None, redoc_url=None)
     for path, parse, endpoint in (("/predict", predict_request, "predict"), ("/predict/batch", batch_request, "batch")):
         _routes(app, service, path, parse, endpoint)

@@ -34,7 +34,8 @@ CREATE TABLE IF NOT EXISTS keys (
     created REAL NOT NULL, revoked REAL,
     budget INTEGER NOT NULL, period_s REAL NOT NULL, period_start REAL NOT NULL, spent INTEGER NOT NULL DEFAULT 0,
     rate REAL NOT NULL, burst REAL NOT NULL, tokens REAL NOT NULL, refilled REAL NOT NULL,
-    output TEXT NOT NULL DEFAULT 'scores', top_k INTEGER, decimals INTEGER
+    output TEXT NOT NULL DEFAULT 'scores', top_k INTEGER, decimals INTEGER,
+    on_alarm TEXT NOT NULL DEFAULT 'alert', defense TEXT, defense_params TEXT, blocked REAL, throttled REAL
 );
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, key_id TEXT, endpoint TEXT NOT NULL,
@@ -46,16 +47,25 @@ CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 """
 OUTPUTS = ("scores", "probabilities", "labels")
+ACTIONS = ("alert", "throttle", "block")  # what an extraction alarm does to the key (bastion.serve.monitor)
+ADDED = {"on_alarm": "TEXT NOT NULL DEFAULT 'alert'", "defense": "TEXT", "defense_params": "TEXT",
+         "blocked": "REAL", "throttled": "REAL"}  # columns a database made before monitoring gets on open
+THROTTLE = 0.1  # a throttled key keeps this fraction of its rate and burst
 
 
 @dataclass(frozen=True)
 class Policy:
     """What a key may see: ``output`` scores (as the model gives them), probabilities or labels; ``top_k`` keeps the
-    k largest probabilities (the rest answered 0); ``decimals`` rounds every score."""
+    k largest probabilities (the rest answered 0); ``decimals`` rounds every score; ``defense`` names an output
+    defense of ``bastion.stealing`` (with its ``defense_params`` as JSON); ``on_alarm`` is what an extraction alarm
+    does to the key: ``alert``, ``throttle`` or ``block``."""
 
     output: str = "scores"
     top_k: int | None = None
     decimals: int | None = None
+    defense: str | None = None
+    defense_params: str | None = None
+    on_alarm: str = "alert"
 
 
 @dataclass(frozen=True)
@@ -85,6 +95,10 @@ class KeyStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(keys)")}
+        for column, kind in ADDED.items():
+            if column not in have:
+                self._db.execute(f"ALTER TABLE keys ADD COLUMN {column} {kind}")
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -94,19 +108,25 @@ class KeyStore:
                burst: float = 500.0, policy: Policy = Policy()) -> str:
         """A new key; returns the token (shown once, never stored)."""
         _check_limits(budget, period_s, rate, burst, policy)
+        if policy.defense is not None:
+            from bastion.serve.output import output_defense
+
+            output_defense(policy.defense, policy.defense_params)  # an unknown name or parameter fails here
         key_id, secret, salt = secrets.token_hex(4), secrets.token_urlsafe(32), secrets.token_bytes(16)
         now = time.time()
         with self._lock:
             self._db.execute(
                 "INSERT INTO keys (id, name, salt, hash, created, budget, period_s, period_start, rate, burst, "
-                "tokens, refilled, output, top_k, decimals) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "tokens, refilled, output, top_k, decimals, defense, defense_params, on_alarm) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (key_id, name, salt, _hash(salt, secret), now, budget, period_s, now, rate, burst, burst, now,
-                 policy.output, policy.top_k, policy.decimals))
+                 policy.output, policy.top_k, policy.decimals, policy.defense, policy.defense_params,
+                 policy.on_alarm))
         return f"bst_{key_id}_{secret}"
 
     def list(self) -> list[dict[str, Any]]:
         cols = ("id", "name", "created", "revoked", "budget", "spent", "period_s", "period_start", "rate", "burst",
-                "output", "top_k", "decimals")
+                "output", "top_k", "decimals", "defense", "on_alarm", "blocked", "throttled")
         with self._lock:
             rows = self._db.execute(f"SELECT {', '.join(cols)} FROM keys ORDER BY created").fetchall()
         return [dict(zip(cols, row, strict=True)) for row in rows]
@@ -153,14 +173,41 @@ class KeyStore:
         row = None
         if len(parts) == 3 and parts[0] == "bst":
             row = self._db.execute("SELECT id, salt, hash, revoked, budget, period_s, period_start, spent, rate, "
-                                   "burst, tokens, refilled, output, top_k, decimals FROM keys WHERE id = ?",
+                                   "burst, tokens, refilled, output, top_k, decimals, defense, defense_params, "
+                                   "on_alarm, blocked FROM keys WHERE id = ?",
                                    (parts[1],)).fetchone()
         if row is None or not hmac.compare_digest(_hash(row[1], parts[2]), row[2]):
             return Decision(401, "bad_key", "the API key is not valid; check it or create one"), None
-        policy = Policy(row[12], row[13], row[14])
+        policy = Policy(*row[12:18])
         if row[3] is not None:
             return Decision(403, "revoked", "this API key was revoked; ask for a new one", row[0], policy), None
+        if row[18] is not None:
+            return Decision(403, "blocked_by_detector", "this API key was blocked: its queries looked like model "
+                            "extraction; ask the operator to review it", row[0], policy), None
         return Decision(200, "ok", key_id=row[0], policy=policy), row
+
+    def alarm(self, key_id: str, action: str, detector: str, endpoint: str) -> None:
+        """Apply an extraction alarm's ``action`` to the key and audit it (decision ``alarm``), in one transaction.
+
+        ``block`` marks the key blocked (403 from now on, across restarts); ``throttle`` cuts its rate and burst to
+        ``THROTTLE`` of what they are, once (a key already throttled is not cut again); ``alert`` changes nothing."""
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                if action == "block":
+                    self._db.execute("UPDATE keys SET blocked = ? WHERE id = ? AND blocked IS NULL", (now, key_id))
+                elif action == "throttle":
+                    self._db.execute("UPDATE keys SET rate = rate * ?, burst = max(1.0, burst * ?), tokens = "
+                                     "min(tokens, max(1.0, burst * ?)), throttled = ? WHERE id = ? AND throttled IS "
+                                     "NULL", (THROTTLE, THROTTLE, THROTTLE, now, key_id))
+                self._db.execute("INSERT INTO audit (ts, key_id, endpoint, n, decision, reason, status) "
+                                 "VALUES (?,?,?,?,?,?,?)", (now, key_id, endpoint, 0, "alarm", f"{detector}:{action}",
+                                                            403 if action == "block" else 200))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     def _decide(self, token: str | None, n: int, now: float) -> Decision:
         who, row = self._identify(token)
@@ -198,3 +245,7 @@ def _check_limits(budget: int, period_s: float, rate: float, burst: float, polic
         raise InvalidInputError("--top-k must be at least 1; drop it to answer every class.")
     if policy.decimals is not None and not 0 <= policy.decimals <= 8:
         raise InvalidInputError("--decimals must be 0..8; drop it to answer full precision.")
+    if policy.on_alarm not in ACTIONS:
+        raise InvalidInputError(f"--on-alarm {policy.on_alarm!r} is not one of {', '.join(ACTIONS)}; pick one.")
+    if policy.defense is not None and (policy.top_k is not None or policy.output == "labels"):
+        raise InvalidInputError("--output-defense decides what the key sees; drop --top-k and --output labels.")

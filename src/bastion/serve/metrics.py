@@ -8,7 +8,8 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 
 class Metrics:
-    """Requests by endpoint and status, latency by endpoint, rejections by reason, inputs evaluated by model."""
+    """Requests by endpoint and status, latency by endpoint, rejections by reason, inputs evaluated by model,
+    extraction alarms by detector and action."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -20,6 +21,8 @@ class Metrics:
                                   registry=self.registry)
         self.queries = Counter("bastion_serve_queries", "Inputs the model evaluated", ["model"],
                                registry=self.registry)
+        self.alarms = Counter("bastion_serve_alarms", "Extraction alarms raised on keys, by detector and action",
+                              ["detector", "action"], registry=self.registry)
 
     def observe(self, endpoint: str, status: int, seconds: float, reason: str | None) -> None:
         self.requests.labels(endpoint, str(status)).inc()
