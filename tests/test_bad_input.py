@@ -213,6 +213,8 @@ CASES: list[tuple[str, Callable[[Path, Path], list[str]], str]] = [
      "The pool 'digits' has inputs of shape 1x8x8 but the victim takes 1x28x28; set `pool_resize: true`"),
     ("steal target that does not answer", _steal_yaml({}, "--target", "http://127.0.0.1:9/predict"),
      "http://127.0.0.1:9/predict"),
+    ("steal target with an API key that does not answer",
+     _steal_yaml({}, "--target", "http://127.0.0.1:9/predict", "--api-key", "bst_0_x"), "http://127.0.0.1:9/predict"),
     ("steal defense before a remote target", _steal_yaml({"target": "http://127.0.0.1:9/p",
                                                           "defenses": [{"name": "top1"}]}),
      "list only the defense `none` with `target`"),
@@ -246,6 +248,7 @@ def test_bad_input_is_one_clear_line(name: str, build: Callable[[Path, Path], li
                                      digits_checkpoint: Path, tmp_path: Path,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BASTION_HOME", str(tmp_path / "home-dir"))
+    monkeypatch.delenv("BASTION_API_KEY", raising=False)  # --api-key sets it; monkeypatch puts it back afterwards
     (tmp_path / "file.txt").write_text("a file, not a folder")
     args = build(tmp_path, digits_checkpoint)
     if "--env-home" in args:  # this case sets BASTION_HOME itself

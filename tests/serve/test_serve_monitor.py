@@ -94,6 +94,16 @@ def test_a_thief_is_blocked_where_the_detector_flags_it_and_stays_blocked(monito
     with sqlite3.connect(monitored.db) as conn:
         assert conn.execute("SELECT reason FROM audit WHERE key_id = ? ORDER BY seq DESC LIMIT 1",
                             (key.split("_")[1],)).fetchone() == ("blocked_by_detector",)
+    # the operator lifts the block after review: audited, and the key is answered again
+    lifted = CliRunner().invoke(app, ["serve", "keys", "unblock", key.split("_")[1], "--db", str(monitored.db)])
+    assert lifted.exit_code == 0, lifted.output
+    status, _, _ = call(monitored.url + "/predict", {"inputs": stream[:1].tolist(), "shape": [1, 1, 28, 28]}, key)
+    assert status == 200
+    with sqlite3.connect(monitored.db) as conn:
+        assert conn.execute("SELECT decision, reason FROM audit WHERE key_id = ? AND decision = 'unblock'",
+                            (key.split("_")[1],)).fetchall() == [("unblock", "operator")]
+    again = CliRunner().invoke(app, ["serve", "keys", "unblock", key.split("_")[1], "--db", str(monitored.db)])
+    assert again.exit_code == 2 and "no blocked or throttled key" in again.output
 
 
 def test_an_honest_key_is_not_flagged_within_as_many_queries(monitored: Server, stream: Tensor) -> None:
@@ -116,6 +126,10 @@ def test_alert_reports_and_throttle_cuts_the_rate(monitored: Server, stream: Ten
     with sqlite3.connect(monitored.db) as conn:
         rate, burst = conn.execute("SELECT rate, burst FROM keys WHERE id = ?", (slow.split("_")[1],)).fetchone()
     assert (rate, burst) == pytest.approx((100.0, 50.0))
+    KeyStore(monitored.db).unblock(slow)
+    with sqlite3.connect(monitored.db) as conn:
+        rate, burst = conn.execute("SELECT rate, burst FROM keys WHERE id = ?", (slow.split("_")[1],)).fetchone()
+    assert (rate, burst) == pytest.approx((1000.0, 500.0))
 
 
 def test_output_defenses_per_key(monitored: Server) -> None:

@@ -132,3 +132,13 @@ def keys_revoke(key_id: str = typer.Argument(..., help="the key's id (or the who
 
     KeyStore(db).revoke(key_id)
     typer.echo(f"revoked {key_id.removeprefix('bst_').split('_')[0]}")
+
+
+@keys_app.command("unblock")
+@friendly
+def keys_unblock(key_id: str = typer.Argument(..., help="the key's id (or the whole token)"), db: str = DB) -> None:
+    """Lift an extraction detector's block or throttle from a key (after review); audited."""
+    from bastion.serve.keys import KeyStore
+
+    KeyStore(db).unblock(key_id)
+    typer.echo(f"unblocked {key_id.removeprefix('bst_').split('_')[0]}")

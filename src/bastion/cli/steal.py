@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -24,6 +25,8 @@ def run_cmd(
     target: str | None = typer.Option(None, help="the URL of a deployed model to steal (its server runs its own "
                                                  "defense; the config's defenses must be `none`)"),
     budget: int | None = typer.Option(None, help="the thief's query budget instead of the config's"),
+    api_key: str | None = typer.Option(None, envvar="BASTION_API_KEY", show_default=False,
+                                       help="API key for --target, sent as the X-API-Key header (never stored)"),
     store: str | None = STORE,
     workdir: Path | None = typer.Option(None, help="where transcripts and copies are kept (default: in the store's "
                                                    "home, steal/)"),
@@ -37,6 +40,8 @@ def run_cmd(
     from bastion.stealing.table import write_outputs
     from bastion.store import Store
 
+    if api_key:  # read by the HTTP client from the environment, so it never enters the run's config or record
+        os.environ["BASTION_API_KEY"] = api_key
     cfg = load_steal(config, quick=quick)
     changes = {k: v for k, v in (("victim", victim), ("weights", weights), ("target", target),
                                  ("budget", budget)) if v is not None}

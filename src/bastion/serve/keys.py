@@ -138,6 +138,28 @@ class KeyStore:
         if not done:
             raise InvalidInputError(f"no active key with id {key_id!r}; see the ids with `bastion serve keys list`.")
 
+    def unblock(self, key_id: str) -> None:
+        """Lift a detector's block or throttle (the operator's decision after review): the throttle's cut is undone
+        (a burst cut to its floor of 1 comes back as 1 / THROTTLE); an audit row (decision ``unblock``) records it."""
+        key_id = key_id.removeprefix("bst_").split("_")[0]
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute("SELECT blocked, throttled, rate, burst FROM keys WHERE id = ? AND revoked IS "
+                                       "NULL", (key_id,)).fetchone()
+                if row is None or (row[0] is None and row[1] is None):
+                    raise InvalidInputError(f"no blocked or throttled key with id {key_id!r}; see `bastion serve "
+                                            "keys list`.")
+                factor = THROTTLE if row[1] is not None else 1.0
+                self._db.execute("UPDATE keys SET blocked = NULL, throttled = NULL, rate = ?, burst = ? WHERE id = ?",
+                                 (row[2] / factor, row[3] / factor, key_id))
+                self._db.execute("INSERT INTO audit (ts, key_id, endpoint, n, decision, reason, status) "
+                                 "VALUES (?,?,?,?,?,?,?)", (time.time(), key_id, "cli", 0, "unblock", "operator", 200))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
     def authorize(self, token: str | None, n: int, endpoint: str) -> Decision:
         """Check ``token``, refill its bucket and charge ``n`` queries; the audit row goes in the same transaction."""
         with self._lock:
