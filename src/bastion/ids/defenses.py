@@ -22,6 +22,7 @@ defense has ``flags(x)`` (which flows it flags) besides ``forward``.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -60,7 +61,7 @@ def build_ids_defense(name: str, detector: nn.Module, threat: TabularThreat, **p
     return spec.build(detector, threat, **given).eval()
 
 
-class FlaggingDefense(nn.Module):
+class FlaggingDefense(nn.Module, ABC):
     """``detector(x)`` where ``flags(x)`` is false; the ``alarm`` class (a constant logit vector) where it is true."""
 
     def __init__(self, detector: nn.Module, alarm: int) -> None:
@@ -69,8 +70,9 @@ class FlaggingDefense(nn.Module):
             raise InvalidInputError(f"alarm={alarm} must name an attack class (index 1 or more; 0 is benign).")
         self.detector, self.alarm = detector, alarm
 
+    @abstractmethod
     def flags(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
+        """Per row, whether the flow is an alarm (``(N,)`` booleans)."""
 
     def forward(self, x: Tensor) -> Tensor:
         logits = self.detector(x)
